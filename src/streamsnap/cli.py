@@ -1,0 +1,114 @@
+"""The ``streamsnap`` command: ``serve``, ``snapshot``, ``plugins``, ``--version``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ._version import __version__
+from .core import config as config_mod
+from .core.errors import StartupError
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .core.app import serve
+
+    cfg = config_mod.load(args.config)
+    _setup_logging(cfg.server.log_level)
+    logging.getLogger(__name__).info("streamsnap %s starting with %s", __version__, cfg.source)
+    asyncio.run(serve(cfg))
+    return 0
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from .core.plugins import make_plugin_manager
+
+    cfg = config_mod.load(args.config)
+    pm = make_plugin_manager(cfg.plugins)
+    infos = pm.describe()
+    if args.json:
+        print(json.dumps([info.__dict__ for info in infos], indent=2))
+        return 0
+    width = max((len(i.name) for i in infos), default=4)
+    for info in infos:
+        print(f"{info.name:<{width}}  {info.version or '-':<8}  {info.source}")
+        print(f"{'':<{width}}  hooks: {', '.join(info.hooks) or '-'}")
+    return 0
+
+
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    url = args.server.rstrip("/") + "/rest-api/stream/snapshot"
+    body = json.dumps({"streamName": args.name}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            data = base64.b64decode(json.load(resp)["data"])
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc).get("message", exc.reason)
+        except ValueError:
+            message = exc.reason
+        print(f"streamsnap snapshot {args.name}: {exc.code} {message}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"streamsnap snapshot: cannot reach {args.server}: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.output or f"{_safe_file_name(args.name)}.png")
+    out.write_bytes(data)
+    print(f"{out} ({len(data)} bytes)")
+    return 0
+
+
+def _safe_file_name(name: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return keep[:100] or "snapshot"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamsnap", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"streamsnap {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the server")
+    p.add_argument("--config", "-c", help="a .toml or WCS .properties file")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("snapshot", help="save the current frame of a stream as PNG")
+    p.add_argument("name", help="stream name")
+    p.add_argument("-o", "--output", help="output file (default: NAME.png)")
+    p.add_argument("--server", default="http://127.0.0.1:8081", help="REST base URL")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=_cmd_snapshot)
+
+    p = sub.add_parser("plugins", help="list loaded plugins, their versions and hooks")
+    p.add_argument("--config", "-c", help="a .toml or WCS .properties file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_plugins)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except StartupError as exc:
+        print(f"streamsnap: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

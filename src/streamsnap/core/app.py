@@ -1,0 +1,206 @@
+"""The app: owns the config, the plugins, the stream registry, the snapshot service and the
+HTTP server, and runs their lifecycle. Plugins reach everything through the ``App`` they get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+
+from .config import Config
+from .errors import StartupError, StreamNotFound
+from .frames import FrameHandle, FrameStore
+from .plugins import BackendRegistry, PluginManager, make_plugin_manager
+from .snapshot import Snapshot, SnapshotRequest, SnapshotService
+from .streams import Stream, StreamRegistry
+
+log = logging.getLogger(__name__)
+
+APP_KEY: web.AppKey[App] = web.AppKey("streamsnap_app", object)  # type: ignore[arg-type]
+
+
+class App:
+    """One streamsnap server."""
+
+    def __init__(self, config: Config, pm: PluginManager | None = None) -> None:
+        self.config = config
+        self.pm = pm if pm is not None else make_plugin_manager(config.plugins)
+        self.streams = StreamRegistry()
+        workers = config.snapshot.workers or max(1, os.cpu_count() or 1)
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshot")
+        self.snapshots = SnapshotService(config.snapshot, self.executor)
+        self.backends = BackendRegistry()
+        self.ports: dict[str, int] = {}  # what each listener really bound ("http", "rtmp", ...)
+        self.state: dict[str, Any] = {}  # what plugins own for this app, by plugin name
+        self.web: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._frame_impls: list[Any] | None = None
+        self._warn_unknown_sections()
+
+    def _warn_unknown_sections(self) -> None:
+        plugin_names = {name for name, _ in self.pm.list_name_plugin()}
+        for section in self.config.extra:
+            if section not in plugin_names:
+                log.warning("config %s: unknown section [%s] (no plugin of that name is loaded)",
+                            self.config.source, section)
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self.backends.collect(self.pm)
+        self.web = web.Application(client_max_size=1 << 20)
+        self.web[APP_KEY] = self
+        for name, routes in self.pm.broadcast("register_routes", app=self):
+            try:
+                self.web.add_routes(routes or [])
+            except Exception as exc:
+                raise StartupError(f"plugin {name!r} contributed bad routes: {exc}") from exc
+        srv = self.config.server
+        self._runner = web.AppRunner(self.web, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, srv.host, srv.http_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise StartupError(f"cannot listen on {srv.host}:{srv.http_port} (http_port): "
+                               f"{exc.strerror or exc}") from exc
+        self.ports["http"] = _bound_port(site)
+        for name, result in self.pm.broadcast("on_startup", app=self):
+            if inspect.isawaitable(result):
+                try:
+                    await result
+                except StartupError:
+                    await self.stop()
+                    raise
+                except Exception:
+                    log.exception("plugin %s failed in on_startup (left out)", name)
+        log.info("streamsnap ready: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
+
+    async def stop(self) -> None:
+        timeout = self.config.server.shutdown_timeout_s
+        try:
+            await asyncio.wait_for(self.pm.abroadcast("on_shutdown", app=self), timeout)
+        except TimeoutError:
+            log.error("plugins did not shut down within %.1f s", timeout)
+        for stream in list(self.streams):
+            await self.unpublish(stream)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for task in list(self._tasks):
+            task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
+        """Run a background task owned by the app (kept referenced, cancelled on stop)."""
+        task = asyncio.ensure_future(coro)
+        if name:
+            task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    # ---------------------------------------------------------------- streams
+    def new_stream(self, name: str, protocol: str, **fields: Any) -> Stream:
+        limits = self.config.streams
+        frames = FrameStore(name, limits.max_gop_packets, limits.max_gop_bytes)
+        return Stream(name=name, protocol=protocol, frames=frames, **fields)
+
+    async def publish(self, stream: Stream) -> None:
+        """Register ``stream`` (raises StreamNameInUse) and tell the plugins."""
+        self.claim(stream)
+        await self.announce(stream)
+
+    def claim(self, stream: Stream) -> None:
+        """Register ``stream`` now (raises StreamNameInUse); :meth:`announce` must follow."""
+        self.streams.add(stream)
+        log.info("stream %s: published over %s from %s (mediaSessionId %s)", stream.name,
+                 stream.protocol, stream.remote or "-", stream.media_session_id)
+
+    async def announce(self, stream: Stream) -> None:
+        """Fire ``on_publish`` for a claimed stream."""
+        await self.pm.abroadcast("on_publish", stream=stream)
+
+    async def unpublish(self, stream: Stream, reason: str = "") -> None:
+        if not self.streams.remove(stream):
+            return
+        stream.status = "UNPUBLISHED"
+        stream.frames.reset()
+        self.snapshots.forget(stream)
+        log.info("stream %s: unpublished (%s; %d frames) mediaSessionId %s", stream.name,
+                 reason or "publisher left", stream.frames.frames_in, stream.media_session_id)
+        await self.pm.abroadcast("on_unpublish", stream=stream)
+
+    def is_live(self, stream: Stream) -> bool:
+        return self.streams.lookup(stream.name) is stream
+
+    def frame(self, stream: Stream, handle: FrameHandle) -> None:
+        """Tell the plugins a video frame arrived (hot path: no work unless someone listens)."""
+        if self._frame_impls is None:
+            self._frame_impls = [i for i in reversed(self.pm.hook.on_frame.get_hookimpls())
+                                 if not (i.hookwrapper or i.wrapper)]
+        for impl in self._frame_impls:
+            try:
+                result = impl.function(stream, handle)
+            except Exception:
+                log.exception("plugin %s failed in on_frame (stream %s)", impl.plugin_name,
+                              stream.name)
+                continue
+            if inspect.isawaitable(result):
+                self.spawn(result, name=f"on_frame:{impl.plugin_name}")
+
+    async def terminate(self, stream: Stream, reason: str = "Stopped by rest /terminate") -> None:
+        if stream.terminator is not None:
+            result = stream.terminator(reason)
+            if inspect.isawaitable(result):
+                await result
+        await self.unpublish(stream, reason)
+
+    # ---------------------------------------------------------------- snapshots
+    async def snapshot(self, name: str, request: SnapshotRequest | None = None) -> Snapshot:
+        """The current picture of stream ``name`` (raises StreamNotFound, SnapshotError)."""
+        stream = self.streams.get(name)
+        request = request or SnapshotRequest()
+        answer = await self.pm.afirstresult("on_snapshot_request", stream=stream, request=request)
+        if answer is not None:
+            return answer
+        if not self.is_live(stream):
+            raise StreamNotFound(f"stream {name!r} ended")
+        return await self.snapshots.take(stream, request, is_live=self.is_live)
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp exposes the bound sockets only here
+    sockets = getattr(server, "sockets", None) or []
+    return sockets[0].getsockname()[1] if sockets else 0
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
+    """Run a server until SIGINT/SIGTERM (or ``stop`` is set)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not main thread
+            pass
+    app = App(config)
+    await app.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await app.stop()

@@ -1,0 +1,27 @@
+"""Errors a user can act on: each names the key, the stream or the plugin concerned."""
+
+from __future__ import annotations
+
+
+class StreamsnapError(Exception):
+    """Base class of streamsnap's own errors."""
+
+
+class StartupError(StreamsnapError):
+    """The server cannot start: bad config, a port in use, a plugin that cannot load."""
+
+
+class ConfigError(StartupError):
+    """A config file or value is invalid; the message names the key and the value."""
+
+
+class StreamNotFound(StreamsnapError):
+    """No live stream has this name."""
+
+
+class StreamNameInUse(StreamsnapError):
+    """A second publisher tried to take a name that is live."""
+
+
+class SnapshotError(StreamsnapError):
+    """A snapshot could not be taken (timeout, decode or encode failure)."""

@@ -1,0 +1,301 @@
+"""Per-stream frame store: compressed packets since the last keyframe, decoded only on demand.
+
+Ingest pushes every video access unit with :meth:`FrameStore.push_packet` (cheap: a list append
+on the event loop). :meth:`FrameStore.decode_latest` (called from a worker thread) feeds one
+persistent decoder with the packets it has not seen yet and returns the newest picture. A
+stream nobody looks at therefore costs only its packets. Sources that arrive decoded (WebRTC)
+hand over pictures with :meth:`FrameStore.push_picture` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import av
+
+log = logging.getLogger(__name__)
+
+
+class FrameHandle(NamedTuple):
+    """What ``on_frame`` receives: a video frame's identity, no pixels."""
+
+    index: int  # 0-based count of video frames received by this stream
+    pts: int  # presentation time, milliseconds
+    keyframe: bool
+    size: int  # compressed bytes
+
+
+class _Packet(NamedTuple):
+    data: bytes
+    pts: int
+    dts: int
+    index: int
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A decoded picture and which received frame it shows."""
+
+    frame: av.VideoFrame
+    index: int
+    pts: int
+    gop: int  # the keyframe group it belongs to (a new picture is never older)
+
+
+class FrameStore:
+    """Packets of the current GOP, one decoder, the newest picture.
+
+    Thread model: ``push_*`` and the waiters run on the event loop; ``decode_latest`` runs in a
+    worker thread and reads the GOP list by reference (a new GOP gets a new list, so a reader
+    never sees it change under it).
+    """
+
+    def __init__(self, stream_name: str, max_packets: int = 1800, max_bytes: int = 64 << 20):
+        self.stream_name = stream_name
+        self.max_packets = max_packets
+        self.max_bytes = max_bytes
+        self.codec_name = ""
+        self.width = 0
+        self.height = 0
+        self._extradata: bytes | None = None
+        self._gop: list[_Packet] = []
+        self._gop_bytes = 0
+        self._gop_id = 0
+        self.gop_length = 0  # frames in the last complete GOP
+        self.frames_in = 0
+        self.bytes_in = 0
+        self.dropped = 0  # packets dropped while waiting for a keyframe
+        self._overflowed = False
+        self._recent: deque[tuple[float, int]] = deque(maxlen=64)  # (arrival, bytes)
+        self._decoder: av.CodecContext | None = None
+        self._dec_gop = -1
+        self._dec_pos = 0
+        self._dec_best: Picture | None = None
+        self._dec_index: dict[int, int] = {}  # pts -> frame index, for the GOP being decoded
+        self._latest: Picture | None = None
+        self._lock = threading.Lock()
+        self._waiters: list[asyncio.Future[None]] = []
+        self.decode_errors = 0
+
+    # ---------------------------------------------------------------- ingest (event loop)
+    def set_codec(self, codec_name: str, extradata: bytes | None = None) -> None:
+        """Declare the codec (an FFmpeg decoder name) and its global header."""
+        if codec_name == self.codec_name and extradata == self._extradata:
+            return
+        if self.codec_name:
+            log.info("stream %s: codec changed to %s, waiting for a keyframe", self.stream_name,
+                     codec_name)
+        self.codec_name = codec_name
+        self._extradata = extradata
+        self._gop = []
+        self._gop_bytes = 0
+        self._gop_id += 1
+        with self._lock:
+            self._decoder = None
+
+    def push_packet(self, data: bytes, pts: int, keyframe: bool, dts: int | None = None
+                    ) -> FrameHandle | None:
+        """Keep one compressed video frame. Returns its handle, or None if it was dropped."""
+        index = self.frames_in
+        self.frames_in += 1
+        size = len(data)
+        self.bytes_in += size
+        self._recent.append((time.monotonic(), size))
+        if keyframe:
+            if self._gop:
+                self.gop_length = len(self._gop)
+            self._gop = [_Packet(data, pts, pts if dts is None else dts, index)]
+            self._gop_bytes = size
+            self._gop_id += 1
+            self._overflowed = False
+        elif not self._gop:
+            self.dropped += 1  # nothing to decode it against until the next keyframe
+            return None
+        else:
+            if len(self._gop) >= self.max_packets or self._gop_bytes + size > self.max_bytes:
+                if not self._overflowed:
+                    log.warning(
+                        "stream %s: no keyframe for %d frames / %d bytes, dropping until the "
+                        "next keyframe", self.stream_name, len(self._gop), self._gop_bytes)
+                self._overflowed = True
+                self._gop = []
+                self._gop_bytes = 0
+                self.dropped += 1
+                return None
+            self._gop.append(_Packet(data, pts, pts if dts is None else dts, index))
+            self._gop_bytes += size
+        self._wake()
+        return FrameHandle(index, pts, keyframe, size)
+
+    def push_picture(self, frame: av.VideoFrame, pts: int) -> FrameHandle:
+        """Keep an already decoded picture (sources that decode themselves, e.g. aiortc)."""
+        index = self.frames_in
+        self.frames_in += 1
+        self._recent.append((time.monotonic(), 0))
+        self.width, self.height = frame.width, frame.height
+        self._latest = Picture(frame, index, pts, self._gop_id)
+        self._wake()
+        return FrameHandle(index, pts, True, 0)
+
+    def reset(self) -> None:
+        """Forget packets and pictures (the publisher is gone)."""
+        self._gop = []
+        self._gop_bytes = 0
+        self._latest = None
+        with self._lock:
+            self._decoder = None
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()
+
+    # ---------------------------------------------------------------- queries (event loop)
+    @property
+    def decodable(self) -> bool:
+        """True when a picture can be produced now (a keyframe or a decoded picture is held)."""
+        return bool(self._gop) or self._latest is not None
+
+    @property
+    def newest_index(self) -> int:
+        return self.frames_in - 1
+
+    @property
+    def gop_packets(self) -> int:
+        return len(self._gop)
+
+    @property
+    def gop_bytes(self) -> int:
+        return self._gop_bytes
+
+    def fps(self) -> float:
+        if len(self._recent) < 2:
+            return 0.0
+        span = self._recent[-1][0] - self._recent[0][0]
+        return (len(self._recent) - 1) / span if span > 0 else 0.0
+
+    def bitrate_kbps(self) -> int:
+        if len(self._recent) < 2:
+            return 0
+        span = self._recent[-1][0] - self._recent[0][0]
+        total = sum(size for _, size in list(self._recent)[1:])
+        return int(total * 8 / span / 1000) if span > 0 else 0
+
+    async def wait_decodable(self, timeout: float) -> bool:
+        """Wait until :attr:`decodable` (or ``timeout`` seconds); returns :attr:`decodable`."""
+        if self.decodable:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+        return self.decodable
+
+    def _wake(self) -> None:
+        if self._waiters:
+            for fut in self._waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self._waiters.clear()
+
+    # ---------------------------------------------------------------- decoding (worker thread)
+    def decode_latest(self) -> Picture | None:
+        """Decode what has not been decoded yet and return the newest picture.
+
+        Blocking (CPU): call it from a worker thread. Concurrent callers are serialised.
+        """
+        with self._lock:
+            gop, gop_id = self._gop, self._gop_id
+            n = len(gop)
+            latest = self._latest
+            if n == 0:
+                return latest
+            if latest is not None and latest.gop == gop_id and latest.index >= gop[n - 1].index:
+                return latest
+            decoder = self._decoder
+            if decoder is None:
+                decoder = self._decoder = self._open_decoder()
+                if decoder is None:
+                    return latest
+                self._dec_gop = -1
+            if self._dec_gop != gop_id:
+                start = 0
+                self._dec_best = None
+                self._dec_index = {}
+            else:
+                start = self._dec_pos
+            best = self._dec_best
+            index_of = self._dec_index
+            for pkt in gop[start:n]:
+                index_of[pkt.pts] = pkt.index
+                for frame in self._decode(decoder, pkt):
+                    best = self._better(best, frame, index_of, gop_id)
+            self._dec_gop, self._dec_pos = gop_id, n
+            if best is None:
+                # The decoder holds back frames for reordering (B-frames) and has given none
+                # of this GOP yet: drain it. It then restarts from the keyframe next time.
+                best = self._drain(decoder, best, index_of, gop_id)
+            self._dec_best = best
+            if best is not None and (latest is None or latest.gop != gop_id
+                                     or best.index >= latest.index):
+                self._latest = best
+                self.width, self.height = best.frame.width, best.frame.height
+            return self._latest
+
+    def _open_decoder(self) -> av.CodecContext | None:
+        try:
+            ctx = av.CodecContext.create(self.codec_name, "r")
+        except (av.FFmpegError, ValueError) as exc:
+            log.error("stream %s: no decoder for codec %r: %s", self.stream_name,
+                      self.codec_name, exc)
+            return None
+        if self._extradata:
+            ctx.extradata = self._extradata
+        ctx.thread_count = 1  # one core per stream at most; the pool spreads streams over cores
+        ctx.thread_type = "NONE"
+        return ctx
+
+    def _decode(self, decoder: av.CodecContext, pkt: _Packet) -> list[av.VideoFrame]:
+        packet = av.Packet(pkt.data)
+        packet.pts = pkt.pts
+        packet.dts = pkt.dts
+        try:
+            return decoder.decode(packet)
+        except av.FFmpegError as exc:
+            self.decode_errors += 1
+            if self.decode_errors in (1, 10, 100) or self.decode_errors % 1000 == 0:
+                log.warning("stream %s: decode error on frame %d (%d so far): %s",
+                            self.stream_name, pkt.index, self.decode_errors, exc)
+            return []
+
+    def _drain(self, decoder: av.CodecContext, best: Picture | None, index_of: dict[int, int],
+               gop_id: int) -> Picture | None:
+        try:
+            for frame in decoder.decode(None):
+                best = self._better(best, frame, index_of, gop_id)
+        except av.FFmpegError:
+            pass
+        decoder.flush_buffers()
+        self._dec_gop = -1
+        return best
+
+    @staticmethod
+    def _better(best: Picture | None, frame: av.VideoFrame, index_of: dict[int, int],
+                gop_id: int) -> Picture | None:
+        pts = frame.pts if frame.pts is not None else -1
+        index = index_of.get(pts, -1)
+        if index < 0:
+            return best  # a frame of an earlier GOP leaving the reorder buffer
+        if best is None or best.gop != gop_id or pts >= best.pts:
+            return Picture(frame, index, pts, gop_id)
+        return best

@@ -1,0 +1,217 @@
+"""The plugin manager: built by a factory, in a fixed order, and the ways the core calls hooks.
+
+Order: block-list (``[plugins] disabled``, or everything not in ``enabled``) → built-ins →
+entry points of group ``streamsnap`` → ``check_pending`` (a misspelt hook fails the start).
+Broadcast hooks are walked one implementation at a time so that a plugin that raises is
+logged with its name and the others still run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from .._version import __version__
+from ..hooks import PROJECT_NAME, specs
+from .config import PluginsConfig
+from .errors import StartupError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "streamsnap"
+
+# Every built-in feature, registered exactly like a third-party plugin; the name is the last part.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "streamsnap.plugins.rest",
+    "streamsnap.plugins.rtmp",
+    "streamsnap.plugins.storage_local",
+)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    version: str
+    source: str  # "built-in" or the distribution that installed it
+    hooks: tuple[str, ...]
+
+
+def _builtin_name(module: str) -> str:
+    return module.rsplit(".", 1)[-1]
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus where each plugin came from and isolated broadcast calls."""
+
+    def __init__(self) -> None:
+        super().__init__(PROJECT_NAME)
+        self.add_hookspecs(specs)
+        self.sources: dict[str, tuple[str, str]] = {}  # name -> (source, version)
+        if os.environ.get("STREAMSNAP_TRACE_PLUGINS"):
+            self.trace.root.setwriter(lambda msg: log.info("plugin trace: %s", msg.rstrip()))
+            self.enable_tracing()
+
+    def describe(self) -> list[PluginInfo]:
+        out = []
+        for name, plugin in sorted(self.list_name_plugin(), key=lambda np: np[0]):
+            if plugin is None:
+                continue
+            source, version = self.sources.get(name, ("registered", ""))
+            hooks = tuple(sorted(h.name for h in self.get_hookcallers(plugin) or ()))
+            out.append(PluginInfo(name, version, source, hooks))
+        return out
+
+    def broadcast(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every implementation of a broadcast hook; one that raises is logged and skipped.
+
+        Returns ``(plugin name, result)`` pairs in call order; results may be awaitables.
+        """
+        caller = getattr(self.hook, hook_name)
+        results = []
+        for impl in reversed(caller.get_hookimpls()):  # pluggy's own order: last registered first
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            try:
+                result = impl.function(*[kwargs[a] for a in impl.argnames])
+            except Exception:
+                log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+                continue
+            results.append((impl.plugin_name, result))
+        return results
+
+    async def abroadcast(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """:meth:`broadcast`, awaiting the implementations that return awaitables."""
+        out = []
+        for name, result in self.broadcast(hook_name, **kwargs):
+            if inspect.isawaitable(result):
+                try:
+                    result = await result
+                except Exception:
+                    log.exception("plugin %s failed in %s", name, hook_name)
+                    continue
+            out.append((name, result))
+        return out
+
+    async def afirstresult(self, hook_name: str, **kwargs: Any) -> Any:
+        """Call a firstresult hook and await its answer if it is an awaitable."""
+        result = getattr(self.hook, hook_name)(**kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+def _entry_points() -> Iterable[Any]:
+    return entry_points(group=ENTRY_POINT_GROUP)
+
+
+def make_plugin_manager(
+    config: PluginsConfig,
+    *,
+    builtins: Iterable[str] = BUILTIN_PLUGINS,
+    load_entry_points: bool = True,
+    extra: Iterable[tuple[str, object]] = (),
+) -> PluginManager:
+    """Build the plugin manager for ``config``; raises :class:`StartupError` naming the plugin."""
+    pm = PluginManager()
+    enabled, disabled = set(config.enabled), set(config.disabled)
+    builtins = tuple(builtins)
+    eps = list(_entry_points()) if load_entry_points else []
+    known = {_builtin_name(m) for m in builtins} | {ep.name for ep in eps} | {n for n, _ in extra}
+
+    # 1. block-list
+    for name in sorted(known):
+        if name in disabled or (enabled and name not in enabled):
+            pm.set_blocked(name)
+    for name in sorted((enabled | disabled) - known):
+        what = "enabled" if name in enabled else "disabled"
+        raise StartupError(
+            f"[plugins] {what} names {name!r}, which is neither built in nor installed "
+            f"(known: {', '.join(sorted(known))})")
+
+    # 2. built-ins, through the same door as third-party plugins
+    for module_name in builtins:
+        name = _builtin_name(module_name)
+        if pm.is_blocked(name):
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise StartupError(f"built-in plugin {name!r} failed to import: {exc}") from exc
+        _register(pm, module, name, ("built-in", __version__))
+
+    # 3. installed plugins (entry points of group "streamsnap")
+    for ep in eps:
+        if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
+            continue
+        dist = getattr(ep, "dist", None)
+        source = (dist.metadata["Name"] if dist else ep.value, dist.version if dist else "")
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            raise StartupError(
+                f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
+        _register(pm, plugin, ep.name, source)
+
+    for name, plugin in extra:
+        if not pm.is_blocked(name):
+            _register(pm, plugin, name, ("registered", ""))
+
+    # 4. every implementation must match a spec
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise StartupError(f"plugin {exc.plugin!r}: {exc}") from exc
+    return pm
+
+
+def _register(pm: PluginManager, plugin: object, name: str, source: tuple[str, str]) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        raise StartupError(f"plugin {name!r} cannot be registered: {exc}") from exc
+    pm.sources[name] = source
+
+
+class BackendRegistry:
+    """Storage backends contributed by plugins through ``register_storage_backends``."""
+
+    def __init__(self) -> None:
+        self.factories: dict[str, Callable[..., Any]] = {}
+        self.owners: dict[str, str] = {}
+
+    def collect(self, pm: PluginManager) -> None:
+        caller = pm.hook.register_storage_backends
+        for impl in reversed(caller.get_hookimpls()):
+            plugin_name = impl.plugin_name
+
+            def register(name: str, factory: Callable[..., Any], _owner: str = plugin_name
+                         ) -> None:
+                self.add(name, factory, _owner)
+
+            try:
+                impl.function(register)
+            except StartupError:
+                raise
+            except Exception:
+                log.exception("plugin %s failed in register_storage_backends", plugin_name)
+
+    def add(self, name: str, factory: Callable[..., Any], owner: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise StartupError(f"plugin {owner!r} registered a storage backend without a name")
+        if not callable(factory):
+            raise StartupError(f"plugin {owner!r}: storage backend {name!r} is not callable")
+        if name in self.factories:
+            raise StartupError(
+                f"storage backend {name!r} registered twice: by {self.owners[name]!r} "
+                f"and by {owner!r}")
+        self.factories[name] = factory
+        self.owners[name] = owner

@@ -1,0 +1,142 @@
+"""The snapshot service: the current picture of a stream, decoded and encoded off the event loop.
+
+Waits up to ``snapshot_taking_interval_ms`` for a first picture (checking
+``snapshot_taking_attempts`` times, and at once when a keyframe arrives), decodes the newest
+frame, encodes it in a bounded thread pool, coalesces concurrent requests for the same frame
+and format into one encode, and keeps the result until a newer frame is asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import imaging
+from .errors import SnapshotError, StreamNotFound
+
+if TYPE_CHECKING:
+    from .config import SnapshotConfig
+    from .streams import Stream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    """What a caller asks for. ``width``/``height`` scale (one alone keeps the aspect ratio)."""
+
+    format: imaging.Format = "png"
+    width: int | None = None
+    height: int | None = None
+    quality: int = 85
+    source: str = "api"  # who asks: "rest", "websocket", "cli", "auto", ...
+
+    @property
+    def key(self) -> tuple[str, int | None, int | None, int]:
+        return (self.format, self.width, self.height, self.quality)
+
+
+@dataclass
+class Snapshot:
+    """An encoded picture of a stream."""
+
+    data: bytes
+    format: str
+    width: int
+    height: int
+    stream_name: str
+    media_session_id: str = ""
+    frame_index: int = -1  # which received video frame it shows
+    pts: int = -1
+    taken_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    @property
+    def content_type(self) -> str:
+        return imaging.CONTENT_TYPES.get(self.format, "application/octet-stream")
+
+    def base64(self) -> str:
+        return base64.b64encode(self.data).decode("ascii")
+
+
+class SnapshotTimeout(SnapshotError):
+    """No picture within ``snapshot_taking_interval_ms``."""
+
+
+class SnapshotService:
+    def __init__(self, config: SnapshotConfig, executor: Executor) -> None:
+        self.config = config
+        self.executor = executor
+        # (media_session_id, request key) -> in-flight encode, shared by concurrent callers
+        self._inflight: dict[tuple[str, tuple], asyncio.Future[Snapshot]] = {}
+        # media_session_id -> {request key: last snapshot}; dropped with the stream
+        self._cache: dict[str, dict[tuple, Snapshot]] = {}
+        self.requests = 0
+        self.encodes = 0
+
+    def forget(self, stream: Stream) -> None:
+        self._cache.pop(stream.media_session_id, None)
+
+    async def take(self, stream: Stream, request: SnapshotRequest | None = None,
+                   is_live: callable | None = None) -> Snapshot:
+        """The current picture of ``stream``; raises :class:`SnapshotTimeout` without one."""
+        request = request or SnapshotRequest()
+        self.requests += 1
+        await self._wait_for_picture(stream, is_live)
+        key = (stream.media_session_id, request.key)
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            snap = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._render, stream, request)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        else:
+            fut.set_result(snap)
+            return snap
+        finally:
+            del self._inflight[key]
+
+    async def _wait_for_picture(self, stream: Stream, is_live: callable | None) -> None:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.snapshot_taking_interval_ms / 1000
+        step = cfg.snapshot_taking_interval_ms / 1000 / cfg.snapshot_taking_attempts
+        for _ in range(cfg.snapshot_taking_attempts):
+            remaining = deadline - loop.time()
+            if stream.frames.decodable or remaining <= 0:
+                break
+            await stream.frames.wait_decodable(min(step, remaining))
+            if is_live is not None and not is_live(stream):
+                raise StreamNotFound(f"stream {stream.name!r} ended")
+        if not stream.frames.decodable:
+            raise SnapshotTimeout("Snapshot response timeout")
+
+    def _render(self, stream: Stream, request: SnapshotRequest) -> Snapshot:
+        """Worker thread: decode to the newest picture, encode it unless already cached."""
+        picture = stream.frames.decode_latest()
+        if picture is None:
+            raise SnapshotError(f"stream {stream.name!r}: no decodable picture yet")
+        cache = self._cache.setdefault(stream.media_session_id, {})
+        cached = cache.get(request.key)
+        if cached is not None and cached.frame_index == picture.index:
+            return cached
+        rgb = imaging.to_rgb(picture.frame, request.width, request.height)
+        data = imaging.encode(rgb, request.format, request.quality, self.config.png_encoder)
+        self.encodes += 1
+        snap = Snapshot(
+            data=data, format=request.format, width=rgb.shape[1], height=rgb.shape[0],
+            stream_name=stream.name, media_session_id=stream.media_session_id,
+            frame_index=picture.index, pts=picture.pts,
+        )
+        cache[request.key] = snap
+        return snap

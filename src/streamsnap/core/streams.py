@@ -1,0 +1,141 @@
+"""The stream registry: the one place that knows which streams are live.
+
+A :class:`Stream` is one publish session of a name: a new ``media_session_id`` every time a
+publisher (RTMP encoder, browser, camera pull) starts. A second publisher of a live name is
+refused.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import StreamNameInUse, StreamNotFound
+from .frames import FrameStore
+
+Terminator = Callable[[str], Awaitable[None] | None]
+
+
+@dataclass(eq=False)
+class Stream:
+    """A live stream: identity, source and what is known of its video."""
+
+    name: str
+    protocol: str  # "rtmp", "rtsp", "webrtc", "whip"
+    frames: FrameStore
+    media_session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    status: str = "PUBLISHING"
+    remote: str = ""  # publisher address, for logs
+    app_name: str = ""  # RTMP application ("live") or WCS appKey
+    has_audio: bool = False
+    audio_codec: str = ""
+    created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    metadata: dict[str, Any] = field(default_factory=dict)
+    terminator: Terminator | None = None
+
+    @property
+    def width(self) -> int:
+        return self.frames.width
+
+    @property
+    def height(self) -> int:
+        return self.frames.height
+
+    @property
+    def video_codec(self) -> str:
+        return self.frames.codec_name
+
+    @property
+    def has_video(self) -> bool:
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        """The WCS stream object (REST ``/stream/find``), with streamsnap's own extras."""
+        frames = self.frames
+        return {
+            "appKey": self.app_name,
+            "mediaSessionId": self.media_session_id,
+            "name": self.name,
+            "published": True,
+            "hasVideo": self.has_video,
+            "hasAudio": self.has_audio,
+            "status": self.status,
+            "audioCodec": self.audio_codec,
+            "videoCodec": frames.codec_name,
+            "record": False,
+            "width": frames.width,
+            "height": frames.height,
+            "bitrate": frames.bitrate_kbps(),
+            "fps": round(frames.fps(), 2),
+            "gop": frames.gop_length,
+            "createDate": self.created_ms,
+            "mediaType": "publish",
+            "mediaProvider": self.protocol.upper(),
+            "protocol": self.protocol,
+            "framesIn": frames.frames_in,
+        }
+
+    def __repr__(self) -> str:
+        return f"Stream({self.name!r}, {self.protocol}, {self.media_session_id})"
+
+
+class StreamRegistry:
+    """Live streams by name. Not thread-safe: used from the event loop only."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Stream] = {}
+
+    def add(self, stream: Stream) -> None:
+        current = self._by_name.get(stream.name)
+        if current is not None:
+            raise StreamNameInUse(
+                f"stream {stream.name!r} is already published "
+                f"({current.protocol} from {current.remote or 'unknown'})"
+            )
+        self._by_name[stream.name] = stream
+
+    def remove(self, stream: Stream) -> bool:
+        """Remove this publish session; a newer session of the same name is left alone."""
+        if self._by_name.get(stream.name) is stream:
+            del self._by_name[stream.name]
+            return True
+        return False
+
+    def get(self, name: str) -> Stream:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise StreamNotFound(f"stream {name!r} not found") from None
+
+    def lookup(self, name: str) -> Stream | None:
+        return self._by_name.get(name)
+
+    def find(
+        self,
+        name: str | None = None,
+        media_session_id: str | None = None,
+        published: bool | None = None,
+        status: str | None = None,
+    ) -> list[Stream]:
+        """Streams matching every filter given (WCS ``/stream/find`` semantics)."""
+        out = []
+        for stream in self._by_name.values():
+            if name is not None and stream.name != name:
+                continue
+            if media_session_id is not None and stream.media_session_id != media_session_id:
+                continue
+            if published is False:  # registry holds published streams only
+                continue
+            if status is not None and stream.status != status:
+                continue
+            out.append(stream)
+        return out
+
+    def __iter__(self) -> Iterator[Stream]:
+        return iter(list(self._by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_name)

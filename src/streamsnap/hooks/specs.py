@@ -1,0 +1,106 @@
+"""Hook specifications: every extension point of streamsnap, with when it fires and what it returns.
+
+An implementation may return a plain value or an awaitable; the core awaits what it gets.
+Broadcast hooks (``on_*`` except ``on_snapshot_request``) run every implementation even when
+one raises: the failure is logged with the plugin's name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import _hookspec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from aiohttp import web
+
+    from ..core.app import App
+    from ..core.frames import FrameHandle
+    from ..core.snapshot import Snapshot, SnapshotRequest
+    from ..core.streams import Stream
+
+
+@_hookspec
+def register_storage_backends(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Contribute storage backends: call ``register(name, factory)`` once per backend.
+
+    Fires once while the app is built. ``factory(config: dict)`` must return an object with an
+    async ``store(stream, path)`` method. Names must be unique; a duplicate is refused with an
+    error naming both plugins.
+    """
+
+
+@_hookspec
+def register_routes(app: App) -> list[web.RouteDef] | None:
+    """Contribute HTTP routes to the server on ``http_port``.
+
+    Fires once while the app is built. Return a list of aiohttp route definitions
+    (``web.get(...)``, ``web.post(...)``), or None.
+    """
+
+
+@_hookspec
+def on_startup(app: App) -> Any:
+    """The app is starting: open listeners, start background work.
+
+    Fires once, after the config is loaded and the HTTP server is bound. May return an
+    awaitable, which is awaited before the server reports itself ready. A plugin that raises
+    here is logged and left out; the server still starts.
+    """
+
+
+@_hookspec
+def on_shutdown(app: App) -> Any:
+    """The app is stopping: close listeners, stop children, finish in-flight work.
+
+    Fires once. May return an awaitable; the core bounds the whole shutdown with a timeout.
+    """
+
+
+@_hookspec
+def on_publish(stream: Stream) -> Any:
+    """A stream has started: a publisher connected and announced it, or a pull began.
+
+    Fires once per publish session, after the stream is registered (so it is findable and its
+    ``media_session_id`` is set) and before its first frame. Return value ignored.
+    """
+
+
+@_hookspec
+def on_unpublish(stream: Stream) -> Any:
+    """A stream has ended (publisher left, terminated, or failed).
+
+    Fires once per publish session, after the stream left the registry. Return value ignored.
+    """
+
+
+@_hookspec
+def on_frame(stream: Stream, frame: FrameHandle) -> None:
+    """A video frame (access unit) of ``stream`` arrived.
+
+    Fires for every video frame, on the event loop, so it must be cheap and must not block.
+    ``frame`` is a light handle (``index``, ``pts``, ``keyframe``, ``size``); it holds no pixels.
+    Ask the snapshot service for a picture when one is needed: that is what triggers decoding.
+    Return value ignored; awaitables are not awaited.
+    """
+
+
+@_hookspec(firstresult=True)
+def on_snapshot_request(stream: Stream, request: SnapshotRequest) -> Snapshot | None:
+    """A snapshot of ``stream`` is asked for (REST, WebSocket, CLI, auto-snapshot).
+
+    Stops at the first non-None result. Return a :class:`streamsnap.Snapshot` (or an
+    awaitable of one) to answer instead of the built-in snapshot service; to decline, return
+    None synchronously.
+    """
+
+
+@_hookspec
+def on_snapshot_saved(stream: Stream | None, path: str) -> Any:
+    """A complete snapshot file was written to ``path``.
+
+    Fires once per file. ``stream`` is None when the file's stream is not live (e.g. a file
+    written by another process into a watched folder). May return an awaitable.
+    """

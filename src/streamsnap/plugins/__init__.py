@@ -1,0 +1,1 @@
+"""Built-in plugins: every streamsnap feature, registered like a third-party plugin."""

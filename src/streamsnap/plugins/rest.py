@@ -1,0 +1,225 @@
+"""The REST API on ``http_port``: WCS's ``/rest-api/stream/*`` methods, image GETs, health.
+
+Errors use the WCS body (``exception``, ``reason``, ``path``, ``error``, ``message``,
+``timestamp``, ``status``) for every status, as the WCS snapshot page shows it for a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from .._version import __version__
+from ..core.app import APP_KEY, App
+from ..core.errors import SnapshotError, StreamNotFound
+from ..core.imaging import FORMATS
+from ..core.snapshot import SnapshotRequest
+from ..hooks import hookimpl
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+MAX_IMAGE_SIDE = 8192
+
+_EXCEPTIONS = {
+    400: "com.flashphoner.rest.server.exception.BadRequestException",
+    404: "com.flashphoner.rest.server.exception.NotFoundException",
+    413: "com.flashphoner.rest.server.exception.BadRequestException",
+    500: "com.flashphoner.rest.server.exception.InternalErrorException",
+}
+_ERRORS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large",
+           500: "Internal Server Error"}
+
+
+def error_response(request: web.Request, status: int, message: str) -> web.Response:
+    """A WCS-shaped error body."""
+    ts = int(time.time() * 1000)
+    exception = _EXCEPTIONS.get(status, _EXCEPTIONS[500])
+    error = _ERRORS.get(status, "Error")
+    body = {
+        "exception": exception,
+        "reason": f"{exception}, {error}, {message}, ts: {ts}, path: {request.path}",
+        "path": request.path,
+        "error": error,
+        "message": message,
+        "timestamp": ts,
+        "status": status,
+    }
+    return web.json_response(body, status=status)
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _json_body(request: web.Request, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The request's JSON object (empty for no body); BadRequest with a precise message."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise BadRequest(
+            f"request body of {request.content_length} bytes exceeds {MAX_BODY} bytes", 413)
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise BadRequest(f"request body exceeds {MAX_BODY} bytes", 413)
+    if not raw.strip():
+        body: Any = {}
+    else:
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    for key in required:
+        if key not in body:
+            raise BadRequest(f"missing required field {key!r}")
+        if not isinstance(body[key], str) or not body[key]:
+            raise BadRequest(f"field {key!r} must be a non-empty string")
+    return body
+
+
+def _app(request: web.Request) -> App:
+    return request.app[APP_KEY]
+
+
+async def snapshot(request: web.Request) -> web.Response:
+    """``POST /rest-api/stream/snapshot {"streamName"}`` → ``{"data": "<base64 PNG>"}``."""
+    try:
+        body = await _json_body(request, ("streamName",))
+    except BadRequest as exc:
+        return error_response(request, exc.status, str(exc))
+    name = body["streamName"]
+    try:
+        snap = await _app(request).snapshot(name, SnapshotRequest(source="rest"))
+    except StreamNotFound:
+        return error_response(request, 404, "Stream not found")
+    except SnapshotError as exc:
+        log.warning("stream %s: REST snapshot failed: %s", name, exc)
+        return error_response(request, 500, str(exc) or "Snapshot taking error")
+    return web.json_response({"data": snap.base64()})
+
+
+def _int_param(request: web.Request, key: str, low: int, high: int) -> int | None:
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {key}={raw!r} must be an integer") from None
+    if not low <= value <= high:
+        raise BadRequest(f"query parameter {key}={value} must be between {low} and {high}")
+    return value
+
+
+async def snapshot_image(request: web.Request) -> web.StreamResponse:
+    """``GET /streams/NAME/snapshot.(png|jpg|webp)[?width=&height=&quality=]``: the image."""
+    name = request.match_info["name"]
+    try:
+        fmt = FORMATS[request.match_info["ext"]]
+        req = SnapshotRequest(
+            format=fmt,
+            width=_int_param(request, "width", 2, MAX_IMAGE_SIDE),
+            height=_int_param(request, "height", 2, MAX_IMAGE_SIDE),
+            quality=_int_param(request, "quality", 1, 100) or 85,
+            source="rest",
+        )
+    except BadRequest as exc:
+        return error_response(request, exc.status, str(exc))
+    try:
+        snap = await _app(request).snapshot(name, req)
+    except StreamNotFound:
+        return error_response(request, 404, "Stream not found")
+    except SnapshotError as exc:
+        log.warning("stream %s: image snapshot failed: %s", name, exc)
+        return error_response(request, 500, str(exc) or "Snapshot taking error")
+    return web.Response(body=snap.data, content_type=snap.content_type, headers={
+        "Cache-Control": "no-store",
+        "X-Stream-Name": snap.stream_name.encode("unicode_escape").decode("ascii"),
+        "X-Media-Session-Id": snap.media_session_id,
+        "X-Frame-Index": str(snap.frame_index),
+        "X-Snapshot-Timestamp": str(snap.taken_ms),
+    })
+
+
+def _filters(body: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, arg, kind in (("name", "name", str), ("mediaSessionId", "media_session_id", str),
+                           ("published", "published", bool), ("status", "status", str)):
+        if key in body:
+            if not isinstance(body[key], kind):
+                raise BadRequest(f"field {key!r} must be a {kind.__name__}")
+            out[arg] = body[key]
+    return out
+
+
+async def find(request: web.Request) -> web.Response:
+    """``/rest-api/stream/find``: streams matching ``name``/``mediaSessionId``/``published``."""
+    try:
+        streams = _app(request).streams.find(**_filters(await _json_body(request)))
+    except BadRequest as exc:
+        return error_response(request, exc.status, str(exc))
+    if not streams:
+        return error_response(request, 404, "Stream not found")
+    return web.json_response([s.describe() for s in streams])
+
+
+async def find_all(request: web.Request) -> web.Response:
+    streams = list(_app(request).streams)
+    if not streams:
+        return error_response(request, 404, "Stream not found")
+    return web.json_response([s.describe() for s in streams])
+
+
+async def terminate(request: web.Request) -> web.Response:
+    """``/rest-api/stream/terminate``: end the matching streams (``{}`` ends them all)."""
+    app = _app(request)
+    try:
+        body = await _json_body(request)
+        ids = body.get("mediaSessionIds")
+        if ids is not None and (not isinstance(ids, list)
+                                or not all(isinstance(i, str) for i in ids)):
+            raise BadRequest("field 'mediaSessionIds' must be a list of strings")
+        streams = app.streams.find(**_filters(body))
+    except BadRequest as exc:
+        return error_response(request, exc.status, str(exc))
+    if ids is not None:
+        streams = [s for s in streams if s.media_session_id in ids]
+    if not streams:
+        return error_response(request, 404, "Stream not found")
+    for stream in streams:
+        log.info("stream %s: terminated over REST", stream.name)
+        await app.terminate(stream)
+    return web.Response(status=200)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    app = _app(request)
+    return web.json_response({"status": "ok", "version": __version__, "streams": len(app.streams),
+                              "ports": app.ports})
+
+
+async def plugins(request: web.Request) -> web.Response:
+    return web.json_response([
+        {"name": p.name, "version": p.version, "source": p.source, "hooks": list(p.hooks)}
+        for p in _app(request).pm.describe()
+    ])
+
+
+@hookimpl
+def register_routes(app: App) -> list[web.RouteDef]:
+    routes = [web.post("/rest-api/stream/snapshot", snapshot)]
+    for path, handler in (("find", find), ("find_all", find_all), ("terminate", terminate)):
+        routes += [web.post(f"/rest-api/stream/{path}", handler),
+                   web.get(f"/rest-api/stream/{path}", handler)]
+    routes += [
+        web.get(r"/streams/{name:.+}/snapshot.{ext:png|jpg|jpeg|webp}", snapshot_image),
+        web.get("/healthz", healthz),
+        web.get("/plugins", plugins),
+    ]
+    return routes

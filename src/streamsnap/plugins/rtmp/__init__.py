@@ -1,0 +1,78 @@
+"""RTMP ingest: encoders publish to ``rtmp://HOST:rtmp_port/APP/NAME``; many at once on one port.
+
+The stream is named NAME and gets a new mediaSessionId per publish; it ends when the publisher
+leaves, goes silent for ``[rtmp] idle_timeout_s``, or is terminated over REST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ...core.app import App
+from ...core.errors import StartupError
+from ...hooks import hookimpl
+from .session import RtmpSession
+
+log = logging.getLogger(__name__)
+
+
+class RtmpServer:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.config = app.config.rtmp
+        self.sessions: set[RtmpSession] = set()
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        host, port = self.app.config.server.host, self.app.config.server.rtmp_port
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: RtmpSession(self.app, self.config, self.sessions), host, port,
+                reuse_address=True)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {host}:{port} (rtmp_port): {exc.strerror or exc}") from exc
+        self.app.ports["rtmp"] = self._server.sockets[0].getsockname()[1]
+        self._sweeper = self.app.spawn(self._sweep(), name="rtmp-timeouts")
+
+    async def _sweep(self) -> None:
+        """Close connections stuck in the handshake or silent for too long (one timer for all)."""
+        while True:
+            await asyncio.sleep(min(1.0, self.config.handshake_timeout_s / 2))
+            now = time.monotonic()
+            for session in list(self.sessions):
+                idle = now - session.last_data
+                if not session.handshake_done and idle > self.config.handshake_timeout_s:
+                    session.close(f"handshake not completed within "
+                                  f"{self.config.handshake_timeout_s:g} s", logging.WARNING)
+                elif idle > self.config.idle_timeout_s:
+                    session.close(f"no data for {self.config.idle_timeout_s:g} s",
+                                  logging.WARNING)
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            session.close("server shutting down")
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+@hookimpl
+async def on_startup(app: App) -> None:
+    server = RtmpServer(app)
+    await server.start()
+    app.state["rtmp"] = server
+
+
+@hookimpl
+async def on_shutdown(app: App) -> None:
+    server = app.state.pop("rtmp", None)
+    if server is not None:
+        await server.stop()
