@@ -5,6 +5,7 @@ HTTP server, and runs their lifecycle. Plugins reach everything through the ``Ap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -49,8 +50,11 @@ class App:
         plugin_names = {name for name, _ in self.pm.list_name_plugin()}
         for section in self.config.extra:
             if section not in plugin_names:
-                log.warning("config %s: unknown section [%s] (no plugin of that name is loaded)",
-                            self.config.source, section)
+                log.warning(
+                    "config %s: unknown section [%s] (no plugin of that name is loaded)",
+                    self.config.source,
+                    section,
+                )
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -70,8 +74,9 @@ class App:
             await site.start()
         except OSError as exc:
             await self._runner.cleanup()
-            raise StartupError(f"cannot listen on {srv.host}:{srv.http_port} (http_port): "
-                               f"{exc.strerror or exc}") from exc
+            raise StartupError(
+                f"cannot listen on {srv.host}:{srv.http_port} (http_port): {exc.strerror or exc}"
+            ) from exc
         self.ports["http"] = _bound_port(site)
         for name, result in self.pm.broadcast("on_startup", app=self):
             if inspect.isawaitable(result):
@@ -127,8 +132,13 @@ class App:
     def claim(self, stream: Stream) -> None:
         """Register ``stream`` now (raises StreamNameInUse); :meth:`announce` must follow."""
         self.streams.add(stream)
-        log.info("stream %s: published over %s from %s (mediaSessionId %s)", stream.name,
-                 stream.protocol, stream.remote or "-", stream.media_session_id)
+        log.info(
+            "stream %s: published over %s from %s (mediaSessionId %s)",
+            stream.name,
+            stream.protocol,
+            stream.remote or "-",
+            stream.media_session_id,
+        )
 
     async def announce(self, stream: Stream) -> None:
         """Fire ``on_publish`` for a claimed stream."""
@@ -140,8 +150,13 @@ class App:
         stream.status = "UNPUBLISHED"
         stream.frames.reset()
         self.snapshots.forget(stream)
-        log.info("stream %s: unpublished (%s; %d frames) mediaSessionId %s", stream.name,
-                 reason or "publisher left", stream.frames.frames_in, stream.media_session_id)
+        log.info(
+            "stream %s: unpublished (%s; %d frames) mediaSessionId %s",
+            stream.name,
+            reason or "publisher left",
+            stream.frames.frames_in,
+            stream.media_session_id,
+        )
         await self.pm.abroadcast("on_unpublish", stream=stream)
 
     def is_live(self, stream: Stream) -> bool:
@@ -150,14 +165,18 @@ class App:
     def frame(self, stream: Stream, handle: FrameHandle) -> None:
         """Tell the plugins a video frame arrived (hot path: no work unless someone listens)."""
         if self._frame_impls is None:
-            self._frame_impls = [i for i in reversed(self.pm.hook.on_frame.get_hookimpls())
-                                 if not (i.hookwrapper or i.wrapper)]
+            self._frame_impls = [
+                i
+                for i in reversed(self.pm.hook.on_frame.get_hookimpls())
+                if not (i.hookwrapper or i.wrapper)
+            ]
         for impl in self._frame_impls:
             try:
                 result = impl.function(stream, handle)
             except Exception:
-                log.exception("plugin %s failed in on_frame (stream %s)", impl.plugin_name,
-                              stream.name)
+                log.exception(
+                    "plugin %s failed in on_frame (stream %s)", impl.plugin_name, stream.name
+                )
                 continue
             if inspect.isawaitable(result):
                 self.spawn(result, name=f"on_frame:{impl.plugin_name}")
@@ -181,6 +200,10 @@ class App:
             raise StreamNotFound(f"stream {name!r} ended")
         return await self.snapshots.take(stream, request, is_live=self.is_live)
 
+    async def snapshot_saved(self, stream: Stream | None, path: str) -> None:
+        """A complete snapshot file exists at ``path``: tell the plugins (once per file)."""
+        await self.pm.abroadcast("on_snapshot_saved", stream=stream, path=path)
+
 
 def _bound_port(site: web.TCPSite) -> int:
     server = site._server  # aiohttp exposes the bound sockets only here
@@ -193,10 +216,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - not main thread
-            pass
     app = App(config)
     await app.start()
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,11 +17,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from .errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +108,8 @@ def _coerce(section: str, key: str, value: Any, annotation: Any, from_text: bool
     if origin is Literal:
         choices = get_args(annotation)
         if value not in choices:
-            raise ConfigError(f"{where} = {value!r}: must be one of {', '.join(map(repr, choices))}")
+            allowed = ", ".join(map(repr, choices))
+            raise ConfigError(f"{where} = {value!r}: must be one of {allowed}")
         return value
     if origin in (list, types.GenericAlias) or annotation is list or origin is list:
         if from_text and isinstance(value, str):
@@ -184,7 +180,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"[rtmp] chunk_size = {cfg.rtmp.chunk_size!r}: at most 2147483647")
 
 
-def _apply(cfg: Config, section: str, key: str, value: Any, *, from_text: bool, origin: str) -> None:
+def _apply(
+    cfg: Config, section: str, key: str, value: Any, *, from_text: bool, origin: str
+) -> None:
     target = getattr(cfg, section)
     hints = _field_types(type(target))
     if key not in hints:

@@ -89,8 +89,11 @@ class FrameStore:
         if codec_name == self.codec_name and extradata == self._extradata:
             return
         if self.codec_name:
-            log.info("stream %s: codec changed to %s, waiting for a keyframe", self.stream_name,
-                     codec_name)
+            log.info(
+                "stream %s: codec changed to %s, waiting for a keyframe",
+                self.stream_name,
+                codec_name,
+            )
         self.codec_name = codec_name
         self._extradata = extradata
         self._gop = []
@@ -99,8 +102,9 @@ class FrameStore:
         with self._lock:
             self._decoder = None
 
-    def push_packet(self, data: bytes, pts: int, keyframe: bool, dts: int | None = None
-                    ) -> FrameHandle | None:
+    def push_packet(
+        self, data: bytes, pts: int, keyframe: bool, dts: int | None = None
+    ) -> FrameHandle | None:
         """Keep one compressed video frame. Returns its handle, or None if it was dropped."""
         index = self.frames_in
         self.frames_in += 1
@@ -122,7 +126,11 @@ class FrameStore:
                 if not self._overflowed:
                     log.warning(
                         "stream %s: no keyframe for %d frames / %d bytes, dropping until the "
-                        "next keyframe", self.stream_name, len(self._gop), self._gop_bytes)
+                        "next keyframe",
+                        self.stream_name,
+                        len(self._gop),
+                        self._gop_bytes,
+                    )
                 self._overflowed = True
                 self._gop = []
                 self._gop_bytes = 0
@@ -246,8 +254,9 @@ class FrameStore:
                 # of this GOP yet: drain it. It then restarts from the keyframe next time.
                 best = self._drain(decoder, best, index_of, gop_id)
             self._dec_best = best
-            if best is not None and (latest is None or latest.gop != gop_id
-                                     or best.index >= latest.index):
+            if best is not None and (
+                latest is None or latest.gop != gop_id or best.index >= latest.index
+            ):
                 self._latest = best
                 self.width, self.height = best.frame.width, best.frame.height
             return self._latest
@@ -256,8 +265,9 @@ class FrameStore:
         try:
             ctx = av.CodecContext.create(self.codec_name, "r")
         except (av.FFmpegError, ValueError) as exc:
-            log.error("stream %s: no decoder for codec %r: %s", self.stream_name,
-                      self.codec_name, exc)
+            log.error(
+                "stream %s: no decoder for codec %r: %s", self.stream_name, self.codec_name, exc
+            )
             return None
         if self._extradata:
             ctx.extradata = self._extradata
@@ -274,12 +284,18 @@ class FrameStore:
         except av.FFmpegError as exc:
             self.decode_errors += 1
             if self.decode_errors in (1, 10, 100) or self.decode_errors % 1000 == 0:
-                log.warning("stream %s: decode error on frame %d (%d so far): %s",
-                            self.stream_name, pkt.index, self.decode_errors, exc)
+                log.warning(
+                    "stream %s: decode error on frame %d (%d so far): %s",
+                    self.stream_name,
+                    pkt.index,
+                    self.decode_errors,
+                    exc,
+                )
             return []
 
-    def _drain(self, decoder: av.CodecContext, best: Picture | None, index_of: dict[int, int],
-               gop_id: int) -> Picture | None:
+    def _drain(
+        self, decoder: av.CodecContext, best: Picture | None, index_of: dict[int, int], gop_id: int
+    ) -> Picture | None:
         try:
             for frame in decoder.decode(None):
                 best = self._better(best, frame, index_of, gop_id)
@@ -290,8 +306,9 @@ class FrameStore:
         return best
 
     @staticmethod
-    def _better(best: Picture | None, frame: av.VideoFrame, index_of: dict[int, int],
-                gop_id: int) -> Picture | None:
+    def _better(
+        best: Picture | None, frame: av.VideoFrame, index_of: dict[int, int], gop_id: int
+    ) -> Picture | None:
         pts = frame.pts if frame.pts is not None else -1
         index = index_of.get(pts, -1)
         if index < 0:

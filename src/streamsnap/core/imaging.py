@@ -49,8 +49,9 @@ def to_rgb(frame: av.VideoFrame, width: int | None = None, height: int | None = 
     return frame.to_ndarray(format="rgb24")
 
 
-def encode(rgb: np.ndarray, fmt: Format = "png", quality: int = 85,
-           png_encoder: str = "auto") -> bytes:
+def encode(
+    rgb: np.ndarray, fmt: Format = "png", quality: int = 85, png_encoder: str = "auto"
+) -> bytes:
     """Encode an RGB24 array (height x width x 3) into ``fmt``."""
     if fmt == "png":
         if png_encoder in ("auto", "fpng") and _fpng is not None:

@@ -12,6 +12,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -101,11 +102,25 @@ class PluginManager(pluggy.PluginManager):
         return out
 
     async def afirstresult(self, hook_name: str, **kwargs: Any) -> Any:
-        """Call a firstresult hook and await its answer if it is an awaitable."""
-        result = getattr(self.hook, hook_name)(**kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+        """Call a firstresult hook: the first non-None answer wins, awaited if awaitable.
+
+        Walked here rather than by pluggy so that async implementations can decline too
+        (their coroutine is not None until awaited).
+        """
+        caller = getattr(self.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            try:
+                result = impl.function(*[kwargs[a] for a in impl.argnames])
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception:
+                log.exception("plugin %s failed in %s (ignored)", impl.plugin_name, hook_name)
+                continue
+            if result is not None:
+                return result
+        return None
 
 
 def _entry_points() -> Iterable[Any]:
@@ -134,7 +149,8 @@ def make_plugin_manager(
         what = "enabled" if name in enabled else "disabled"
         raise StartupError(
             f"[plugins] {what} names {name!r}, which is neither built in nor installed "
-            f"(known: {', '.join(sorted(known))})")
+            f"(known: {', '.join(sorted(known))})"
+        )
 
     # 2. built-ins, through the same door as third-party plugins
     for module_name in builtins:
@@ -169,7 +185,12 @@ def make_plugin_manager(
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise StartupError(f"plugin {exc.plugin!r}: {exc}") from exc
+        name = pm.get_name(exc.plugin) or repr(exc.plugin)
+        hooks = re.findall(r"unknown hook '([^']+)'", str(exc))
+        raise StartupError(
+            f"plugin {name!r} implements unknown hook {', '.join(map(repr, hooks)) or '?'} "
+            f"(misspelt? known hooks: {', '.join(sorted(pm.hook.__dict__))})"
+        ) from exc
     return pm
 
 
@@ -193,8 +214,7 @@ class BackendRegistry:
         for impl in reversed(caller.get_hookimpls()):
             plugin_name = impl.plugin_name
 
-            def register(name: str, factory: Callable[..., Any], _owner: str = plugin_name
-                         ) -> None:
+            def register(name: str, factory: Callable[..., Any], _owner: str = plugin_name) -> None:
                 self.add(name, factory, _owner)
 
             try:
@@ -212,6 +232,7 @@ class BackendRegistry:
         if name in self.factories:
             raise StartupError(
                 f"storage backend {name!r} registered twice: by {self.owners[name]!r} "
-                f"and by {owner!r}")
+                f"and by {owner!r}"
+            )
         self.factories[name] = factory
         self.owners[name] = owner

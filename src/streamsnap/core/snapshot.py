@@ -20,6 +20,8 @@ from . import imaging
 from .errors import SnapshotError, StreamNotFound
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .config import SnapshotConfig
     from .streams import Stream
 
@@ -81,8 +83,12 @@ class SnapshotService:
     def forget(self, stream: Stream) -> None:
         self._cache.pop(stream.media_session_id, None)
 
-    async def take(self, stream: Stream, request: SnapshotRequest | None = None,
-                   is_live: callable | None = None) -> Snapshot:
+    async def take(
+        self,
+        stream: Stream,
+        request: SnapshotRequest | None = None,
+        is_live: Callable[[Stream], bool] | None = None,
+    ) -> Snapshot:
         """The current picture of ``stream``; raises :class:`SnapshotTimeout` without one."""
         request = request or SnapshotRequest()
         self.requests += 1
@@ -95,7 +101,8 @@ class SnapshotService:
         self._inflight[key] = fut
         try:
             snap = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._render, stream, request)
+                self.executor, self._render, stream, request
+            )
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
@@ -106,7 +113,9 @@ class SnapshotService:
         finally:
             del self._inflight[key]
 
-    async def _wait_for_picture(self, stream: Stream, is_live: callable | None) -> None:
+    async def _wait_for_picture(
+        self, stream: Stream, is_live: Callable[[Stream], bool] | None
+    ) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.snapshot_taking_interval_ms / 1000
@@ -134,9 +143,14 @@ class SnapshotService:
         data = imaging.encode(rgb, request.format, request.quality, self.config.png_encoder)
         self.encodes += 1
         snap = Snapshot(
-            data=data, format=request.format, width=rgb.shape[1], height=rgb.shape[0],
-            stream_name=stream.name, media_session_id=stream.media_session_id,
-            frame_index=picture.index, pts=picture.pts,
+            data=data,
+            format=request.format,
+            width=rgb.shape[1],
+            height=rgb.shape[0],
+            stream_name=stream.name,
+            media_session_id=stream.media_session_id,
+            frame_index=picture.index,
+            pts=picture.pts,
         )
         cache[request.key] = snap
         return snap

@@ -31,8 +31,12 @@ _EXCEPTIONS = {
     413: "com.flashphoner.rest.server.exception.BadRequestException",
     500: "com.flashphoner.rest.server.exception.InternalErrorException",
 }
-_ERRORS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large",
-           500: "Internal Server Error"}
+_ERRORS = {
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+}
 
 
 def error_response(request: web.Request, status: int, message: str) -> web.Response:
@@ -62,7 +66,8 @@ async def _json_body(request: web.Request, required: tuple[str, ...] = ()) -> di
     """The request's JSON object (empty for no body); BadRequest with a precise message."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise BadRequest(
-            f"request body of {request.content_length} bytes exceeds {MAX_BODY} bytes", 413)
+            f"request body of {request.content_length} bytes exceeds {MAX_BODY} bytes", 413
+        )
     raw = await request.content.read(MAX_BODY + 1)
     if len(raw) > MAX_BODY:
         raise BadRequest(f"request body exceeds {MAX_BODY} bytes", 413)
@@ -138,19 +143,27 @@ async def snapshot_image(request: web.Request) -> web.StreamResponse:
     except SnapshotError as exc:
         log.warning("stream %s: image snapshot failed: %s", name, exc)
         return error_response(request, 500, str(exc) or "Snapshot taking error")
-    return web.Response(body=snap.data, content_type=snap.content_type, headers={
-        "Cache-Control": "no-store",
-        "X-Stream-Name": snap.stream_name.encode("unicode_escape").decode("ascii"),
-        "X-Media-Session-Id": snap.media_session_id,
-        "X-Frame-Index": str(snap.frame_index),
-        "X-Snapshot-Timestamp": str(snap.taken_ms),
-    })
+    return web.Response(
+        body=snap.data,
+        content_type=snap.content_type,
+        headers={
+            "Cache-Control": "no-store",
+            "X-Stream-Name": snap.stream_name.encode("unicode_escape").decode("ascii"),
+            "X-Media-Session-Id": snap.media_session_id,
+            "X-Frame-Index": str(snap.frame_index),
+            "X-Snapshot-Timestamp": str(snap.taken_ms),
+        },
+    )
 
 
 def _filters(body: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, arg, kind in (("name", "name", str), ("mediaSessionId", "media_session_id", str),
-                           ("published", "published", bool), ("status", "status", str)):
+    for key, arg, kind in (
+        ("name", "name", str),
+        ("mediaSessionId", "media_session_id", str),
+        ("published", "published", bool),
+        ("status", "status", str),
+    ):
         if key in body:
             if not isinstance(body[key], kind):
                 raise BadRequest(f"field {key!r} must be a {kind.__name__}")
@@ -182,8 +195,9 @@ async def terminate(request: web.Request) -> web.Response:
     try:
         body = await _json_body(request)
         ids = body.get("mediaSessionIds")
-        if ids is not None and (not isinstance(ids, list)
-                                or not all(isinstance(i, str) for i in ids)):
+        if ids is not None and (
+            not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)
+        ):
             raise BadRequest("field 'mediaSessionIds' must be a list of strings")
         streams = app.streams.find(**_filters(body))
     except BadRequest as exc:
@@ -200,23 +214,28 @@ async def terminate(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     app = _app(request)
-    return web.json_response({"status": "ok", "version": __version__, "streams": len(app.streams),
-                              "ports": app.ports})
+    return web.json_response(
+        {"status": "ok", "version": __version__, "streams": len(app.streams), "ports": app.ports}
+    )
 
 
 async def plugins(request: web.Request) -> web.Response:
-    return web.json_response([
-        {"name": p.name, "version": p.version, "source": p.source, "hooks": list(p.hooks)}
-        for p in _app(request).pm.describe()
-    ])
+    return web.json_response(
+        [
+            {"name": p.name, "version": p.version, "source": p.source, "hooks": list(p.hooks)}
+            for p in _app(request).pm.describe()
+        ]
+    )
 
 
 @hookimpl
 def register_routes(app: App) -> list[web.RouteDef]:
     routes = [web.post("/rest-api/stream/snapshot", snapshot)]
     for path, handler in (("find", find), ("find_all", find_all), ("terminate", terminate)):
-        routes += [web.post(f"/rest-api/stream/{path}", handler),
-                   web.get(f"/rest-api/stream/{path}", handler)]
+        routes += [
+            web.post(f"/rest-api/stream/{path}", handler),
+            web.get(f"/rest-api/stream/{path}", handler),
+        ]
     routes += [
         web.get(r"/streams/{name:.+}/snapshot.{ext:png|jpg|jpeg|webp}", snapshot_image),
         web.get("/healthz", healthz),

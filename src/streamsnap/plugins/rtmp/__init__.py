@@ -31,11 +31,15 @@ class RtmpServer:
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                lambda: RtmpSession(self.app, self.config, self.sessions), host, port,
-                reuse_address=True)
+                lambda: RtmpSession(self.app, self.config, self.sessions),
+                host,
+                port,
+                reuse_address=True,
+            )
         except OSError as exc:
             raise StartupError(
-                f"cannot listen on {host}:{port} (rtmp_port): {exc.strerror or exc}") from exc
+                f"cannot listen on {host}:{port} (rtmp_port): {exc.strerror or exc}"
+            ) from exc
         self.app.ports["rtmp"] = self._server.sockets[0].getsockname()[1]
         self._sweeper = self.app.spawn(self._sweep(), name="rtmp-timeouts")
 
@@ -47,11 +51,12 @@ class RtmpServer:
             for session in list(self.sessions):
                 idle = now - session.last_data
                 if not session.handshake_done and idle > self.config.handshake_timeout_s:
-                    session.close(f"handshake not completed within "
-                                  f"{self.config.handshake_timeout_s:g} s", logging.WARNING)
+                    session.close(
+                        f"handshake not completed within {self.config.handshake_timeout_s:g} s",
+                        logging.WARNING,
+                    )
                 elif idle > self.config.idle_timeout_s:
-                    session.close(f"no data for {self.config.idle_timeout_s:g} s",
-                                  logging.WARNING)
+                    session.close(f"no data for {self.config.idle_timeout_s:g} s", logging.WARNING)
 
     async def stop(self) -> None:
         if self._sweeper is not None:

@@ -54,7 +54,8 @@ def decode_all(data: bytes | memoryview) -> list[Any]:
 
 def _need(buf: bytes, pos: int, n: int) -> None:
     if pos + n > len(buf):
-        raise AmfError(f"truncated AMF0 data: need {n} bytes at offset {pos}, have {len(buf) - pos}")
+        have = len(buf) - pos
+        raise AmfError(f"truncated AMF0 data: need {n} bytes at offset {pos}, have {have}")
 
 
 def _utf8(buf: bytes, pos: int, n: int) -> tuple[str, int]:

@@ -124,7 +124,8 @@ class ChunkReader:
                 type_id = buf[hpos + 6]
                 if length > self.max_message_bytes:
                     raise RtmpProtocolError(
-                        f"message of {length} bytes exceeds the limit of {self.max_message_bytes}")
+                        f"message of {length} bytes exceeds the limit of {self.max_message_bytes}"
+                    )
             if fmt == 0:
                 stream_id = _U32LE.unpack_from(buf, hpos + 7)[0]
                 timestamp, delta = ts_field, 0
@@ -186,8 +187,9 @@ def _basic_header(fmt: int, csid: int) -> bytes:
     return bytes(((fmt << 6) | 1, (csid - 64) & 0xFF, (csid - 64) >> 8))
 
 
-def encode_message(csid: int, type_id: int, stream_id: int, timestamp: int, payload: bytes,
-                   chunk_size: int) -> bytes:
+def encode_message(
+    csid: int, type_id: int, stream_id: int, timestamp: int, payload: bytes, chunk_size: int
+) -> bytes:
     """One message as chunks: a full (type 0) header, then type 3 continuation headers."""
     extended = timestamp >= 0xFFFFFF
     ts_field = 0xFFFFFF if extended else timestamp

@@ -70,10 +70,25 @@ def parse_video(payload: bytes) -> VideoTag:
     return VideoTag("", CODED_FRAMES, keyframe, 0, b"")
 
 
-AUDIO_CODECS = {0: "pcm", 1: "adpcm", 2: "mp3", 3: "pcm", 7: "pcm_alaw", 8: "pcm_mulaw",
-                10: "aac", 11: "speex", 14: "mp3"}
-AUDIO_FOURCC = {b"mp4a": "aac", b"Opus": "opus", b"fLaC": "flac", b".mp3": "mp3", b"ac-3": "ac3",
-                b"ec-3": "eac3"}
+AUDIO_CODECS = {
+    0: "pcm",
+    1: "adpcm",
+    2: "mp3",
+    3: "pcm",
+    7: "pcm_alaw",
+    8: "pcm_mulaw",
+    10: "aac",
+    11: "speex",
+    14: "mp3",
+}
+AUDIO_FOURCC = {
+    b"mp4a": "aac",
+    b"Opus": "opus",
+    b"fLaC": "flac",
+    b".mp3": "mp3",
+    b"ac-3": "ac3",
+    b"ec-3": "eac3",
+}
 
 
 def audio_codec(payload: bytes) -> str:

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ...core.errors import StreamNameInUse
 from . import amf0
 from .chunks import (
     ACK,
@@ -32,7 +33,6 @@ from .chunks import (
     RtmpProtocolError,
     encode_message,
 )
-from ...core.errors import StreamNameInUse
 from .media import CODED_FRAMES, SEQUENCE_START, audio_codec, parse_video
 
 if TYPE_CHECKING:
@@ -95,10 +95,7 @@ class RtmpSession(asyncio.Protocol):
         self.last_data = time.monotonic()
         self._received += len(data)
         try:
-            if self._state == "open":
-                messages = self.reader.feed(data)
-            else:
-                messages = self._handshake(data)
+            messages = self.reader.feed(data) if self._state == "open" else self._handshake(data)
             if self._peer_window and self._received - self._acked >= self._peer_window:
                 self._acked = self._received
                 self._send(CSID_CONTROL, ACK, 0, struct.pack(">I", self._received & 0xFFFFFFFF))
@@ -114,13 +111,15 @@ class RtmpSession(asyncio.Protocol):
         if self._state == "c0c1":
             if self._hs[0] != RTMP_VERSION:
                 raise RtmpProtocolError(
-                    f"not an RTMP client (first byte 0x{self._hs[0]:02x}, expected 0x03)")
+                    f"not an RTMP client (first byte 0x{self._hs[0]:02x}, expected 0x03)"
+                )
             if len(self._hs) < 1 + HANDSHAKE_SIZE:
                 return []
             c1 = bytes(self._hs[1 : 1 + HANDSHAKE_SIZE])
             del self._hs[: 1 + HANDSHAKE_SIZE]
             s1 = struct.pack(">II", int(time.monotonic() * 1000) & 0xFFFFFFFF, 0) + os.urandom(
-                HANDSHAKE_SIZE - 8)
+                HANDSHAKE_SIZE - 8
+            )
             s2 = c1[:4] + struct.pack(">I", int(time.monotonic() * 1000) & 0xFFFFFFFF) + c1[8:]
             self._write(bytes((RTMP_VERSION,)) + s1 + s2)
             self._state = "c2"
@@ -179,8 +178,12 @@ class RtmpSession(asyncio.Protocol):
         elif t == USER_CONTROL and len(msg.payload) >= 6:
             event = struct.unpack_from(">H", msg.payload)[0]
             if event == PING_REQUEST:
-                self._send(CSID_CONTROL, USER_CONTROL, 0,
-                           struct.pack(">H", PING_RESPONSE) + msg.payload[2:6])
+                self._send(
+                    CSID_CONTROL,
+                    USER_CONTROL,
+                    0,
+                    struct.pack(">H", PING_RESPONSE) + msg.payload[2:6],
+                )
         # SET_CHUNK_SIZE/ABORT are applied by the reader; ACK, peer bandwidth, aggregate
         # and shared objects need nothing from an ingest-only server.
 
@@ -196,9 +199,12 @@ class RtmpSession(asyncio.Protocol):
             frames = stream.frames
             if not tag.codec:
                 if frames.frames_in == 0:
-                    log.warning("stream %s: unsupported video codec (tag byte 0x%02x); "
-                                "snapshots need H.264, HEVC, AV1 or VP9", stream.name,
-                                msg.payload[0])
+                    log.warning(
+                        "stream %s: unsupported video codec (tag byte 0x%02x); "
+                        "snapshots need H.264, HEVC, AV1 or VP9",
+                        stream.name,
+                        msg.payload[0],
+                    )
                 frames.frames_in += 1
                 return
             if tag.codec != frames.codec_name:
@@ -233,8 +239,12 @@ class RtmpSession(asyncio.Protocol):
             self._result(txn, None, stream_id)
         elif name in ("releaseStream", "FCPublish"):
             if name == "FCPublish" and args and isinstance(args[0], str):
-                self._command("onFCPublish", 0, None,
-                              {"code": "NetStream.Publish.Start", "description": args[0]})
+                self._command(
+                    "onFCPublish",
+                    0,
+                    None,
+                    {"code": "NetStream.Publish.Start", "description": args[0]},
+                )
             if txn:
                 self._result(txn, None, amf0.UNDEFINED_VALUE)
         elif name == "publish":
@@ -242,17 +252,30 @@ class RtmpSession(asyncio.Protocol):
         elif name in ("FCUnpublish", "deleteStream", "closeStream"):
             if self.stream is not None:
                 stream, self.stream = self.stream, None
-                self._await(self.app.unpublish(stream, f"{name} from publisher"),
-                            f"rtmp-unpublish:{stream.name}")
+                self._await(
+                    self.app.unpublish(stream, f"{name} from publisher"),
+                    f"rtmp-unpublish:{stream.name}",
+                )
         elif name == "play":
-            self._status(msg.stream_id, "error", "NetStream.Play.Failed",
-                         "streamsnap does not serve RTMP playback; use the snapshot API")
+            self._status(
+                msg.stream_id,
+                "error",
+                "NetStream.Play.Failed",
+                "streamsnap does not serve RTMP playback; use the snapshot API",
+            )
         elif name == "getStreamLength" and txn:
             self._result(txn, None, 0)
         elif txn:
-            self._command("_error", txn, None, {
-                "level": "error", "code": "NetConnection.Call.Failed",
-                "description": f"unknown command {name!r}"})
+            self._command(
+                "_error",
+                txn,
+                None,
+                {
+                    "level": "error",
+                    "code": "NetConnection.Call.Failed",
+                    "description": f"unknown command {name!r}",
+                },
+            )
 
     def _on_connect(self, txn: float, obj: dict[str, Any]) -> None:
         app = obj.get("app")
@@ -265,30 +288,43 @@ class RtmpSession(asyncio.Protocol):
         self._result(
             txn,
             {"fmsVer": "FMS/3,5,7,7009", "capabilities": 31.0, "mode": 1.0},
-            {"level": "status", "code": "NetConnection.Connect.Success",
-             "description": "Connection succeeded.",
-             "objectEncoding": encoding if isinstance(encoding, float) else 0.0},
+            {
+                "level": "status",
+                "code": "NetConnection.Connect.Success",
+                "description": "Connection succeeded.",
+                "objectEncoding": encoding if isinstance(encoding, float) else 0.0,
+            },
         )
 
     def _on_publish(self, stream_id: int, args: list[Any]) -> None:
         raw = args[0] if args and isinstance(args[0], str) else ""
         name = raw.split("?", 1)[0]
         if self.stream is not None:
-            self._status(stream_id, "error", "NetStream.Publish.BadName",
-                         "this connection is already publishing")
+            self._status(
+                stream_id,
+                "error",
+                "NetStream.Publish.BadName",
+                "this connection is already publishing",
+            )
             return
         if not name or len(name.encode()) > MAX_NAME_BYTES or any(ord(c) < 32 for c in name):
-            self._status(stream_id, "error", "NetStream.Publish.BadName",
-                         f"invalid stream name {name[:64]!r}")
+            self._status(
+                stream_id,
+                "error",
+                "NetStream.Publish.BadName",
+                f"invalid stream name {name[:64]!r}",
+            )
             self.close(f"refused publish of invalid name {name[:64]!r}", level=logging.WARNING)
             return
-        stream = self.app.new_stream(name, "rtmp", remote=self.peer, app_name=self.app_name,
-                                     terminator=self._terminate)
+        stream = self.app.new_stream(
+            name, "rtmp", remote=self.peer, app_name=self.app_name, terminator=self._terminate
+        )
         try:
             self.app.claim(stream)
         except StreamNameInUse as exc:
-            self._status(stream_id, "error", "NetStream.Publish.BadName",
-                         "Stream name is already in use")
+            self._status(
+                stream_id, "error", "NetStream.Publish.BadName", "Stream name is already in use"
+            )
             self.close(f"publish of {name!r} refused: {exc}", level=logging.WARNING)
             return
         self.stream = stream
@@ -315,9 +351,13 @@ class RtmpSession(asyncio.Protocol):
         self._command("_result", txn, *values)
 
     def _status(self, stream_id: int, level: str, code: str, description: str) -> None:
-        self._command("onStatus", 0, None,
-                      {"level": level, "code": code, "description": description},
-                      stream_id=stream_id)
+        self._command(
+            "onStatus",
+            0,
+            None,
+            {"level": level, "code": code, "description": description},
+            stream_id=stream_id,
+        )
 
     def close(self, reason: str, level: int = logging.INFO) -> None:
         """Close the connection (flushing what was written); the stream ends with it."""

@@ -1,0 +1,53 @@
+"""REST input errors: precise answers in the WCS error shape, and the server keeps serving."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+WCS_FIELDS = {"exception", "reason", "path", "error", "message", "timestamp", "status"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b'{"streamName": ', 400, "not valid JSON"),
+        (b"\xff\xfe", 400, "not valid JSON"),
+        (b"[]", 400, "JSON object"),
+        (b"{}", 400, "missing required field 'streamName'"),
+        (b'{"streamName": 5}', 400, "must be a non-empty string"),
+        (b'{"streamName": ""}', 400, "must be a non-empty string"),
+        (b'{"streamName": "../../etc/passwd"}', 404, "Stream not found"),
+    ],
+)
+def test_snapshot_bad_input(server, body, status, message):
+    code, raw, headers = server.request("POST", "/rest-api/stream/snapshot", body)
+    assert code == status
+    assert headers["Content-Type"].startswith("application/json")
+    payload = json.loads(raw)
+    assert set(payload) == WCS_FIELDS
+    assert message in payload["message"]
+    assert payload["status"] == status
+    assert payload["path"] == "/rest-api/stream/snapshot"
+
+
+def test_ten_megabyte_body_is_refused(server):
+    body = b'{"streamName": "' + b"a" * (10 << 20) + b'"}'
+    code, raw, _ = server.request("POST", "/rest-api/stream/snapshot", body)
+    assert code == 413
+    assert "exceeds" in json.loads(raw)["message"]
+    code, raw, _ = server.request("GET", "/healthz")
+    assert code == 200 and json.loads(raw)["status"] == "ok"
+
+
+def test_find_and_find_all_when_empty(server):
+    for path in ("/rest-api/stream/find_all", "/rest-api/stream/find"):
+        code, raw, _ = server.request("POST", path, b"{}")
+        assert code == 404 and json.loads(raw)["message"] == "Stream not found"
+    code, raw, _ = server.request("GET", "/rest-api/stream/find_all")
+    assert code == 404
+    code, raw, _ = server.request("POST", "/rest-api/stream/find", {"published": "yes"})
+    assert code == 400 and "published" in json.loads(raw)["message"]

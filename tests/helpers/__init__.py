@@ -1,0 +1,1 @@
+"""Test helpers: the server as a subprocess, real publishers, counter pictures, an RTMP client."""

@@ -1,0 +1,174 @@
+"""The frame store: keeps packets, decodes only when asked, gives the newest picture."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from streamsnap.core.frames import FrameStore
+from streamsnap.plugins.rtmp.media import CODED_FRAMES, SEQUENCE_START, parse_video
+from tests.helpers.media import FFMPEG, read_counter
+from tests.helpers.rtmp_client import read_flv
+
+
+def counter_flv(path: Path, frames: int, gop: int, extra: tuple[str, ...]) -> list:
+    """An FLV of counter pictures made by FFmpeg (the real encoder), as RTMP video tags."""
+    import subprocess
+
+    from tests.helpers.media import counter_frame
+
+    raw = b"".join(counter_frame(n, 640, 360) for n in range(frames))
+    subprocess.run(
+        [
+            FFMPEG,
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "gray",
+            "-s",
+            "640x360",
+            "-framerate",
+            "30",
+            "-i",
+            "-",
+            "-c:v",
+            "libx264",
+            *extra,
+            "-g",
+            str(gop),
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "flv",
+            str(path),
+        ],
+        input=raw,
+        check=True,
+    )
+    return [t for t in read_flv(path) if t.type_id == 9]
+
+
+def load(store: FrameStore, tags: list) -> list:
+    handles = []
+    for tag in tags:
+        v = parse_video(tag.data)
+        if v.kind == SEQUENCE_START:
+            store.set_codec(v.codec, v.data)
+        elif v.kind == CODED_FRAMES:
+            handles.append(
+                store.push_packet(v.data, tag.timestamp + v.cts, v.keyframe, tag.timestamp)
+            )
+    return handles
+
+
+def shown(store: FrameStore) -> int:
+    pic = store.decode_latest()
+    assert pic is not None
+    buf = io.BytesIO()
+    pic.frame.to_image().save(buf, "PNG")
+    return read_counter(buf.getvalue())
+
+
+@pytest.fixture(scope="module")
+def ip_tags(tmp_path_factory) -> list:
+    path = tmp_path_factory.mktemp("flv") / "ip.flv"
+    return counter_flv(path, 95, 30, ("-preset", "ultrafast", "-tune", "zerolatency"))
+
+
+@pytest.fixture(scope="module")
+def bframe_tags(tmp_path_factory) -> list:
+    path = tmp_path_factory.mktemp("flv") / "b.flv"
+    return counter_flv(path, 95, 30, ("-preset", "fast", "-bf", "3"))
+
+
+def test_nothing_is_decoded_until_asked(ip_tags):
+    store = FrameStore("lazy")
+    handles = load(store, ip_tags)
+    assert store._decoder is None  # packets only
+    assert [h.index for h in handles] == list(range(95))
+    assert [h.keyframe for h in handles].count(True) == 4
+    assert store.gop_packets == 95 - 90  # since the last keyframe (frame 90)
+    assert shown(store) == 94
+    assert (store.width, store.height) == (640, 360)
+
+
+def test_decoder_catches_up_on_new_packets_only(ip_tags):
+    store = FrameStore("incremental")
+    load(store, ip_tags[:51])  # the sequence header, then frames 0..49
+    assert shown(store) == 49
+    pic_before = store.decode_latest()
+    assert pic_before is not None and pic_before.index == 49  # cached: no new packets
+    load(store, ip_tags[51:61])
+    assert shown(store) == 59
+    assert store._dec_pos == 30  # 30..59 fed once, in two steps
+
+
+def test_stream_with_bframes_gives_newest_picture(bframe_tags):
+    store = FrameStore("bframes")
+    load(store, bframe_tags[:72])  # frames 0..70
+    n = shown(store)
+    assert 68 <= n <= 70, n  # newest decodable picture, within the reorder delay
+    load(store, bframe_tags[72:])
+    assert 92 <= shown(store) <= 94
+
+
+def test_first_picture_right_after_a_keyframe(bframe_tags):
+    store = FrameStore("first")
+    load(store, bframe_tags[:2])  # sequence header + the keyframe only
+    assert shown(store) == 0
+
+
+def test_frames_before_the_first_keyframe_are_dropped(ip_tags):
+    store = FrameStore("late-join")
+    seq, frames = ip_tags[0], ip_tags[1:]
+    load(store, [seq, *frames[5:30]])  # joined mid-GOP: nothing decodable yet
+    assert not store.decodable and store.dropped == 25
+    assert store.decode_latest() is None
+    load(store, frames[30:40])
+    assert store.decodable and shown(store) == 39
+
+
+def test_gop_without_keyframe_is_capped(ip_tags):
+    store = FrameStore("capped", max_packets=10)
+    handles = load(store, ip_tags[:30])
+    assert sum(h is not None for h in handles) == 10
+    assert not store.decodable  # dropped, waiting for the next keyframe
+    load(store, ip_tags[31:33])
+    assert store.decodable and shown(store) == 31
+
+
+def test_corrupt_packets_are_counted_not_fatal(ip_tags):
+    store = FrameStore("corrupt")
+    load(store, ip_tags[:5])
+    store.push_packet(b"\x00\x00\x00\x05garbage", 200, False)
+    load(store, ip_tags[5:10])
+    assert shown(store) >= 8
+
+
+async def test_wait_decodable_wakes_on_keyframe(ip_tags):
+    store = FrameStore("wait")
+    load(store, ip_tags[:1])
+    waiter = asyncio.ensure_future(store.wait_decodable(5))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    load(store, ip_tags[1:2])
+    assert await asyncio.wait_for(waiter, 1) is True
+    assert await FrameStore("never").wait_decodable(0.05) is False
+
+
+def test_picture_sources_keep_only_the_newest(ip_tags):
+    store = FrameStore("decoded")
+    img = Image.new("RGB", (320, 240), (200, 10, 10))
+    import av
+
+    for i in range(3):
+        store.push_picture(av.VideoFrame.from_image(img), i * 33)
+    pic = store.decode_latest()
+    assert pic is not None and pic.index == 2 and (store.width, store.height) == (320, 240)

@@ -1,0 +1,353 @@
+"""The plugin core: manager factory order, enable/disable, isolation, and one test per hook."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+from pathlib import Path
+
+import pluggy
+import pytest
+
+from streamsnap import Snapshot, hookimpl
+from streamsnap.core.app import App
+from streamsnap.core.config import Config, PluginsConfig
+from streamsnap.core.errors import StartupError, StreamNotFound
+from streamsnap.core.plugins import BackendRegistry, make_plugin_manager
+from streamsnap.core.snapshot import SnapshotRequest
+from streamsnap.hooks import specs
+from tests.helpers.media import FFMPEG
+from tests.helpers.rtmp_client import make_flv
+
+HOOKS = sorted(
+    name
+    for name, fn in inspect.getmembers(specs, inspect.isfunction)
+    if hasattr(fn, "streamsnap_spec")
+)
+
+
+def test_every_hook_has_a_test_and_a_docstring():
+    source = Path(__file__).read_text()
+    for name in HOOKS:
+        assert re.search(rf"^(async )?def test_hook_{name}\b", source, re.M), name
+        assert getattr(specs, name).__doc__, name
+    assert {
+        "on_publish",
+        "on_unpublish",
+        "on_frame",
+        "on_snapshot_request",
+        "on_snapshot_saved",
+        "register_storage_backends",
+    } <= set(HOOKS)
+
+
+def test_snapshot_request_is_firstresult():
+    assert specs.on_snapshot_request.streamsnap_spec["firstresult"] is True
+
+
+def test_builtins_are_registered_by_name():
+    pm = make_plugin_manager(PluginsConfig(), load_entry_points=False)
+    names = {p.name for p in pm.describe()}
+    assert {"rest", "rtmp", "storage_local"} <= names
+    info = {p.name: p for p in pm.describe()}["rtmp"]
+    assert info.source == "built-in" and "on_startup" in info.hooks
+
+
+def test_disable_and_enable_by_name():
+    pm = make_plugin_manager(PluginsConfig(disabled=["rtmp"]), load_entry_points=False)
+    assert not pm.has_plugin("rtmp") and pm.has_plugin("rest") and pm.is_blocked("rtmp")
+    pm = make_plugin_manager(PluginsConfig(enabled=["rest"]), load_entry_points=False)
+    assert [p.name for p in pm.describe()] == ["rest"]
+
+
+def test_unknown_plugin_name_refuses_to_start():
+    with pytest.raises(StartupError, match="'rmtp'"):
+        make_plugin_manager(PluginsConfig(enabled=["rmtp"]), load_entry_points=False)
+
+
+def test_misspelt_hook_is_caught_by_check_pending():
+    class Typo:
+        @hookimpl
+        def on_publsih(self, stream):
+            pass
+
+    with pytest.raises(StartupError, match=r"typo.*on_publsih"):
+        make_plugin_manager(PluginsConfig(), load_entry_points=False, extra=[("typo", Typo())])
+
+
+def test_backend_registry_refuses_duplicates():
+    reg = BackendRegistry()
+    reg.add("s3", dict, "a")
+    with pytest.raises(StartupError, match="'s3' registered twice: by 'a' and by 'b'"):
+        reg.add("s3", dict, "b")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+
+def _config() -> Config:
+    cfg = Config()
+    cfg.server.host = "127.0.0.1"
+    cfg.server.http_port = cfg.server.ws_port = cfg.server.rtmp_port = 0
+    cfg.snapshot.snapshot_taking_interval_ms = 3000
+    return cfg
+
+
+async def _app_with(*plugins: tuple[str, object]) -> App:
+    pm = make_plugin_manager(PluginsConfig(), load_entry_points=False, extra=plugins)
+    app = App(_config(), pm)
+    await app.start()
+    return app
+
+
+async def _publish_file(app: App, name: str, flv: Path) -> asyncio.subprocess.Process:
+    url = f"rtmp://127.0.0.1:{app.ports['rtmp']}/live/{name}"
+    return await asyncio.create_subprocess_exec(
+        FFMPEG, "-v", "error", "-re", "-i", str(flv), "-c", "copy", "-f", "flv", url
+    )
+
+
+async def _wait(predicate, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met")
+
+
+@pytest.fixture(scope="module")
+def flv(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("media") / "clip.flv"
+    make_flv(path, size="320x240", seconds=3, gop=15)
+    return path
+
+
+async def test_hook_on_publish(flv):
+    """on_publish, on_frame and on_unpublish fire for a real RTMP publisher, in order."""
+    rec = Recorder()
+
+    class Probe:
+        @hookimpl
+        def on_publish(self, stream):
+            rec.events.append(("publish", stream.name, stream.frames.frames_in))
+
+        @hookimpl
+        def on_unpublish(self, stream):
+            rec.events.append(("unpublish", stream.name))
+
+    app = await _app_with(("probe", Probe()))
+    try:
+        proc = await _publish_file(app, "hooked", flv)
+        await proc.wait()
+        await _wait(lambda: ("unpublish", "hooked") in rec.events)
+    finally:
+        await app.stop()
+    assert rec.events == [("publish", "hooked", 0), ("unpublish", "hooked")]
+
+
+async def test_hook_on_unpublish(flv):
+    """on_unpublish fires when a stream is terminated, after it left the registry."""
+    seen = []
+
+    class Probe:
+        @hookimpl
+        async def on_unpublish(self, stream):
+            seen.append((stream.name, app.streams.lookup(stream.name) is None, stream.status))
+
+    app = await _app_with(("probe", Probe()))
+    try:
+        proc = await _publish_file(app, "ending", flv)
+        await _wait(lambda: app.streams.lookup("ending") is not None)
+        await app.terminate(app.streams.get("ending"))
+        await proc.wait()
+    finally:
+        await app.stop()
+    assert seen == [("ending", True, "UNPUBLISHED")]
+
+
+async def test_hook_on_frame(flv):
+    frames = []
+
+    class Probe:
+        @hookimpl
+        def on_frame(self, stream, frame):
+            frames.append(frame)
+
+    app = await _app_with(("probe", Probe()))
+    try:
+        proc = await _publish_file(app, "framed", flv)
+        await proc.wait()
+        await _wait(lambda: app.streams.lookup("framed") is None)
+    finally:
+        await app.stop()
+    assert [f.index for f in frames] == list(range(90))
+    assert [f.index for f in frames if f.keyframe] == [0, 15, 30, 45, 60, 75]
+    assert all(f.size > 0 for f in frames)
+
+
+async def test_hook_on_snapshot_request(flv):
+    """A plugin may answer a snapshot first; one that declines (None) lets the next answer."""
+    calls = []
+
+    class Decline:
+        @hookimpl
+        def on_snapshot_request(self, stream, request):
+            calls.append("decline")
+            return None
+
+    class Answer:
+        @hookimpl(tryfirst=True)
+        async def on_snapshot_request(self, stream, request):
+            calls.append("answer")
+            if request.format != "jpeg":
+                return None
+            return Snapshot(b"custom", "jpeg", 1, 1, stream.name)
+
+    app = await _app_with(("decline", Decline()), ("answer", Answer()))
+    try:
+        proc = await _publish_file(app, "snap", flv)
+        await _wait(lambda: app.streams.lookup("snap") is not None)
+        custom = await app.snapshot("snap", SnapshotRequest(format="jpeg"))
+        assert custom.data == b"custom"
+        real = await app.snapshot("snap")
+        assert real.data[:4] == b"\x89PNG" and (real.width, real.height) == (320, 240)
+        proc.kill()
+        await proc.wait()
+        with pytest.raises(StreamNotFound):
+            await app.snapshot("nobody")
+    finally:
+        await app.stop()
+    assert calls[:3] == ["answer", "answer", "decline"]
+
+
+async def test_hook_on_snapshot_saved(tmp_path):
+    saved = []
+
+    class Probe:
+        @hookimpl
+        async def on_snapshot_saved(self, stream, path):
+            saved.append(path)
+
+    class Broken:
+        @hookimpl
+        def on_snapshot_saved(self, stream, path):
+            raise RuntimeError("boom")
+
+    app = await _app_with(("probe", Probe()), ("broken", Broken()))
+    try:
+        await app.snapshot_saved(None, str(tmp_path / "a.png"))
+    finally:
+        await app.stop()
+    assert saved == [str(tmp_path / "a.png")]
+
+
+async def test_hook_register_storage_backends():
+    class Store:
+        def __init__(self, config):
+            self.config = config
+
+    class Probe:
+        @hookimpl
+        def register_storage_backends(self, register):
+            register("memory", Store)
+
+    app = await _app_with(("probe", Probe()))
+    try:
+        assert app.backends.owners["memory"] == "probe"
+        assert app.backends.owners["local"] == "storage_local"
+        assert isinstance(app.backends.factories["memory"]({}), Store)
+    finally:
+        await app.stop()
+
+
+async def test_hook_register_routes():
+    from aiohttp import ClientSession, web
+
+    async def ping(request):
+        return web.Response(text="pong")
+
+    class Probe:
+        @hookimpl
+        def register_routes(self, app):
+            return [web.get("/probe/ping", ping)]
+
+    app = await _app_with(("probe", Probe()))
+    try:
+        async with (
+            ClientSession() as session,
+            session.get(f"http://127.0.0.1:{app.ports['http']}/probe/ping") as resp,
+        ):
+            assert await resp.text() == "pong"
+    finally:
+        await app.stop()
+
+
+async def test_hook_on_startup():
+    seen = []
+
+    class Probe:
+        @hookimpl
+        async def on_startup(self, app):
+            seen.append(dict(app.ports))
+
+    app = await _app_with(("probe", Probe()))
+    await app.stop()
+    assert seen and seen[0]["http"] > 0
+
+
+async def test_hook_on_shutdown():
+    seen = []
+
+    class Probe:
+        @hookimpl
+        def on_shutdown(self, app):
+            seen.append("down")
+
+    app = await _app_with(("probe", Probe()))
+    await app.stop()
+    assert seen == ["down"]
+
+
+async def test_a_raising_plugin_is_logged_by_name_and_others_still_run(flv, caplog):
+    got = []
+
+    class Bad:
+        @hookimpl
+        def on_publish(self, stream):
+            raise ValueError("bad plugin")
+
+        @hookimpl
+        def on_frame(self, stream, frame):
+            raise ValueError("bad frame plugin")
+
+    class Good:
+        @hookimpl
+        def on_publish(self, stream):
+            got.append("publish")
+
+        @hookimpl
+        def on_frame(self, stream, frame):
+            got.append("frame")
+
+    app = await _app_with(("good", Good()), ("bad", Bad()))
+    try:
+        with caplog.at_level(logging.ERROR):
+            proc = await _publish_file(app, "isolated", flv)
+            await _wait(lambda: got.count("frame") >= 5)
+            snap = await app.snapshot("isolated")
+            proc.kill()
+            await proc.wait()
+    finally:
+        await app.stop()
+    assert got[0] == "publish" and snap.width == 320
+    assert "plugin bad failed in on_publish" in caplog.text
+    assert "plugin bad failed in on_frame" in caplog.text
+
+
+def test_pluggy_is_the_engine():
+    pm = make_plugin_manager(PluginsConfig(), load_entry_points=False)
+    assert isinstance(pm, pluggy.PluginManager) and pm.project_name == "streamsnap"

@@ -1,0 +1,87 @@
+"""The snapshot service: waits, coalesces, caches, and never encodes on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from streamsnap.core.config import SnapshotConfig
+from streamsnap.core.frames import FrameStore
+from streamsnap.core.snapshot import SnapshotRequest, SnapshotService, SnapshotTimeout
+from streamsnap.core.streams import Stream
+from tests.unit.test_frames import load
+
+
+@pytest.fixture(scope="module")
+def tags(tmp_path_factory):
+    from tests.unit.test_frames import counter_flv
+
+    return counter_flv(
+        tmp_path_factory.mktemp("s") / "c.flv",
+        40,
+        30,
+        ("-preset", "ultrafast", "-tune", "zerolatency"),
+    )
+
+
+@pytest.fixture
+def service():
+    pool = ThreadPoolExecutor(2)
+    yield SnapshotService(
+        SnapshotConfig(snapshot_taking_interval_ms=500, snapshot_taking_attempts=5), pool
+    )
+    pool.shutdown()
+
+
+async def test_two_hundred_concurrent_requests_one_decode_one_encode(service, tags):
+    stream = Stream("many", "rtmp", FrameStore("many"))
+    load(stream.frames, tags)
+    loop_thread = threading.get_ident()
+    decode_threads = set()
+    original = stream.frames.decode_latest
+
+    def spy():
+        decode_threads.add(threading.get_ident())
+        return original()
+
+    stream.frames.decode_latest = spy
+    snaps = await asyncio.gather(*(service.take(stream) for _ in range(200)))
+    assert service.encodes == 1
+    assert len({id(s) for s in snaps}) == 1 and snaps[0].frame_index == 39
+    assert loop_thread not in decode_threads  # decode and encode ran in the pool
+
+
+async def test_cached_until_a_newer_frame(service, tags):
+    stream = Stream("cache", "rtmp", FrameStore("cache"))
+    load(stream.frames, tags[:20])
+    a = await service.take(stream)
+    b = await service.take(stream)
+    assert a is b and service.encodes == 1
+    load(stream.frames, tags[20:25])
+    c = await service.take(stream)
+    assert c.frame_index == 23 and service.encodes == 2
+    small = await service.take(stream, SnapshotRequest(format="jpeg", width=320))
+    assert (small.width, small.height, small.format) == (320, 180, "jpeg")
+
+
+async def test_waits_for_the_first_keyframe(service, tags):
+    stream = Stream("late", "rtmp", FrameStore("late"))
+    load(stream.frames, tags[:1])  # sequence header only
+    task = asyncio.ensure_future(service.take(stream))
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    load(stream.frames, tags[1:3])
+    snap = await asyncio.wait_for(task, 2)
+    assert snap.frame_index >= 0
+
+
+async def test_times_out_with_the_wcs_message(service):
+    stream = Stream("empty", "rtmp", FrameStore("empty"))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(SnapshotTimeout, match="Snapshot response timeout"):
+        await service.take(stream)
+    assert 0.45 <= loop.time() - t0 < 1.5
