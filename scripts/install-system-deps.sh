@@ -20,7 +20,7 @@ else
             gstreamer1.0-plugins-ugly)
 fi
 if [ "$what" = bench ]; then
-  [ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(nginx-light libnginx-mod-rtmp)
+  [ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(nginx libnginx-mod-rtmp)
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -58,26 +58,25 @@ def make_flv(
     seconds: float = 4,
     gop: int = 30,
     extra: tuple[str, ...] = ("-preset", "ultrafast"),
+    audio: bool = True,
 ) -> list[FlvTag]:
+    """An FLV made by FFmpeg: an H.264 test picture (and AAC sound), as its list of tags."""
+    sound_in = ["-f", "lavfi", "-i", "sine=frequency=440"] if audio else []
+    sound_out = ["-c:a", "aac"] if audio else []
+    video_in = ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30"]
+    video_out = ["-c:v", "libx264", *extra, "-g", str(gop), "-pix_fmt", "yuv420p"]
     subprocess.run(
         [
             FFMPEG,
             "-v",
             "error",
             "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc2=size={size}:rate=30",
+            *video_in,
+            *sound_in,
             "-t",
             str(seconds),
-            "-c:v",
-            "libx264",
-            *extra,
-            "-g",
-            str(gop),
-            "-pix_fmt",
-            "yuv420p",
+            *video_out,
+            *sound_out,
             "-f",
             "flv",
             str(path),
@@ -120,20 +119,22 @@ class RtmpClient:
     def command(self, *values: object, stream_id: int = 0) -> None:
         self.send(3, 20, stream_id, 0, amf0.encode(*values))
 
-    def read_commands(self, until: str, limit: int = 50) -> list[list[object]]:
-        """Read messages until a command whose name or status code contains ``until``."""
-        seen = []
+    def read_commands(
+        self, until: str, txn: float | None = None, limit: int = 50
+    ) -> list[list[object]]:
+        """Read commands until one whose text contains ``until`` (and, if given, has ``txn``)."""
+        seen: list[list[object]] = []
         for _ in range(limit):
             data = self.sock.recv(65536)
             if not data:
                 break
             for msg in self.reader.feed(data):
-                if msg.type_id == 20:
-                    values = amf0.decode_all(msg.payload)
-                    seen.append(values)
-                    text = repr(values)
-                    if until in text:
-                        return seen
+                if msg.type_id != 20:
+                    continue
+                values = amf0.decode_all(msg.payload)
+                seen.append(values)
+                if until in repr(values) and (txn is None or values[1] == txn):
+                    return seen
         raise AssertionError(f"no {until!r} in {seen}")
 
     def publish(self, name: str, app: str = "live") -> list[list[object]]:
@@ -152,7 +153,7 @@ class RtmpClient:
         self.command("releaseStream", 2.0, None, name)
         self.command("FCPublish", 3.0, None, name)
         self.command("createStream", 4.0, None)
-        result = self.read_commands("_result")
+        result = self.read_commands("_result", txn=4.0)
         self.stream_id = int(result[-1][3])
         self.command("publish", 5.0, None, name, "live", stream_id=self.stream_id)
         return self.read_commands("NetStream.Publish")
