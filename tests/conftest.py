@@ -35,3 +35,22 @@ def make_server(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def server(make_server) -> ServerProcess:
     return make_server(snapshot={"snapshot_taking_interval_ms": 3000})
+
+
+@pytest.fixture
+def make_camera() -> Iterator:
+    """Start real RTSP cameras (GStreamer); all are stopped afterwards."""
+    from tests.helpers.rtsp import RtspCamera, camera_available
+
+    if not camera_available():
+        pytest.skip("GStreamer RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0) not installed")
+    cameras: list[RtspCamera] = []
+
+    def start(**kwargs) -> RtspCamera:
+        camera = RtspCamera(**kwargs)
+        cameras.append(camera)
+        return camera
+
+    yield start
+    for camera in cameras:
+        camera.stop()

@@ -18,13 +18,21 @@ from typing import Any
 READY = re.compile(r"streamsnap ready: (.*)")
 
 
+def toml_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)  # strings, numbers and booleans are spelt the same
+
+
 def write_config(path: Path, **sections: dict[str, Any]) -> Path:
     """Write a TOML config: ``write_config(p, server={"http_port": 0}, snapshot={...})``."""
     lines = []
     for section, table in sections.items():
         lines.append(f"[{section}]")
         for key, value in table.items():
-            lines.append(f"{key} = {json.dumps(value)}")
+            lines.append(f"{key} = {toml_value(value)}")
     path.write_text("\n".join(lines) + "\n")
     return path
 

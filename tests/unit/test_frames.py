@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from streamsnap.core.flv import CODED_FRAMES, SEQUENCE_START, parse_video
 from streamsnap.core.frames import FrameStore
-from streamsnap.plugins.rtmp.media import CODED_FRAMES, SEQUENCE_START, parse_video
 from tests.helpers.media import FFMPEG, read_counter
 from tests.helpers.rtmp_client import read_flv
 

@@ -351,3 +351,32 @@ async def test_a_raising_plugin_is_logged_by_name_and_others_still_run(flv, capl
 def test_pluggy_is_the_engine():
     pm = make_plugin_manager(PluginsConfig(), load_entry_points=False)
     assert isinstance(pm, pluggy.PluginManager) and pm.project_name == "streamsnap"
+
+
+async def test_hook_resolve_stream(flv):
+    """A plugin can serve a name that is not live (an alias here), or refuse it outright."""
+    from streamsnap.core.errors import InvalidStreamName
+
+    class Alias:
+        @hookimpl
+        def resolve_stream(self, app, name):
+            if name == "forbidden":
+                raise InvalidStreamName("not this one")
+            if name == "front-door":
+                return app.streams.lookup("cam7")
+            return None
+
+    app = await _app_with(("alias", Alias()))
+    try:
+        proc = await _publish_file(app, "cam7", flv)
+        await _wait(lambda: app.streams.lookup("cam7") is not None)
+        snap = await app.snapshot("front-door")
+        assert snap.stream_name == "cam7" and snap.width == 320
+        with pytest.raises(InvalidStreamName):
+            await app.snapshot("forbidden")
+        with pytest.raises(StreamNotFound):
+            await app.snapshot("nothing-here")
+        proc.kill()
+        await proc.wait()
+    finally:
+        await app.stop()

@@ -189,9 +189,22 @@ class App:
         await self.unpublish(stream, reason)
 
     # ---------------------------------------------------------------- snapshots
+    async def resolve(self, name: str) -> Stream:
+        """The live stream ``name``, or one a plugin starts for it (e.g. an RTSP pull).
+
+        Raises StreamNotFound, or InvalidStreamName for a name no plugin may serve.
+        """
+        stream = self.streams.lookup(name)
+        if stream is None:
+            stream = await self.pm.afirstresult("resolve_stream", app=self, name=name)
+            if stream is None:
+                raise StreamNotFound(f"stream {name!r} not found")
+        stream.touch()
+        return stream
+
     async def snapshot(self, name: str, request: SnapshotRequest | None = None) -> Snapshot:
         """The current picture of stream ``name`` (raises StreamNotFound, SnapshotError)."""
-        stream = self.streams.get(name)
+        stream = await self.resolve(name)
         request = request or SnapshotRequest()
         answer = await self.pm.afirstresult("on_snapshot_request", stream=stream, request=request)
         if answer is not None:

@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import os
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +60,19 @@ class RtmpConfig:
 
 
 @dataclass
+class RtspConfig:
+    transport: Literal["tcp", "udp"] = "tcp"  # RTP over the RTSP connection, or over UDP
+    idle_timeout_s: float = 60.0  # an on-demand pull nobody used for this long is dropped
+    allowed_hosts: list[str] = field(default_factory=list)  # on-demand pulls: host patterns
+    ffmpeg: str = ""  # FFmpeg binary; empty: the one imageio-ffmpeg ships
+    stall_timeout_s: float = 5.0  # no packet for this long: the camera is restarted
+    connect_timeout_s: float = 10.0
+    backoff_max_s: float = 30.0
+    cameras: list[dict[str, Any]] = field(default_factory=list)  # {name, url, transport, ...}
+    credentials: list[dict[str, Any]] = field(default_factory=list)  # {host, username, password}
+
+
+@dataclass
 class PluginsConfig:
     enabled: list[str] = field(default_factory=list)  # empty: every built-in and installed plugin
     disabled: list[str] = field(default_factory=list)
@@ -72,6 +84,7 @@ class Config:
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     streams: StreamsConfig = field(default_factory=StreamsConfig)
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
+    rtsp: RtspConfig = field(default_factory=RtspConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     # Sections no built-in model knows; plugins of the same name read them.
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -111,7 +124,11 @@ def _coerce(section: str, key: str, value: Any, annotation: Any, from_text: bool
             allowed = ", ".join(map(repr, choices))
             raise ConfigError(f"{where} = {value!r}: must be one of {allowed}")
         return value
-    if origin in (list, types.GenericAlias) or annotation is list or origin is list:
+    if origin is list and get_args(annotation)[0] is not str:
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{where} = {value!r}: must be a list of tables")
+        return value
+    if origin is list:
         if from_text and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -176,6 +193,10 @@ def _validate(cfg: Config) -> None:
     positive("rtmp", "idle_timeout_s", 0.1)
     positive("rtmp", "max_message_bytes", 1024)
     positive("server", "shutdown_timeout_s", 0.1)
+    positive("rtsp", "idle_timeout_s", 1)
+    positive("rtsp", "stall_timeout_s", 0.5)
+    positive("rtsp", "connect_timeout_s", 0.5)
+    positive("rtsp", "backoff_max_s", 0.1)
     if cfg.rtmp.chunk_size > 0x7FFFFFFF:
         raise ConfigError(f"[rtmp] chunk_size = {cfg.rtmp.chunk_size!r}: at most 2147483647")
 

@@ -19,6 +19,11 @@ class StreamNotFound(StreamsnapError):
     """No live stream has this name."""
 
 
+class InvalidStreamName(StreamsnapError):
+    """A name that can never be served: a URL with a scheme that is not allowed, a host not on
+    the allow-list, malformed. REST answers 400."""
+
+
 class StreamNameInUse(StreamsnapError):
     """A second publisher tried to take a name that is live."""
 

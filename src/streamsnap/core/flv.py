@@ -1,12 +1,23 @@
-"""FLV video tags as RTMP carries them: codec, keyframe flag, timestamps and the payload.
+"""FLV: video tags as RTMP carries them, and FLV byte streams as FFmpeg writes them to a pipe.
 
-Covers classic FLV (AVC, HEVC's unofficial id 12, Sorenson H.263) and Enhanced RTMP
+Covers classic FLV (AVC, HEVC's unofficial id 12, Sorenson H.263) and Enhanced RTMP/FLV
 (FourCC ``avc1``, ``hvc1``, ``av01``, ``vp09``), which OBS 30+ and FFmpeg 6.1+ send.
+:func:`ingest_video` is the one path from a video tag into a stream's frame store, shared by
+the RTMP server and the FFmpeg pulls.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from .app import App
+    from .streams import Stream
+
+log = logging.getLogger(__name__)
 
 # FFmpeg decoder names by FLV codec id / Enhanced RTMP FourCC
 CLASSIC_CODECS = {2: "flv", 7: "h264", 12: "hevc"}
@@ -98,3 +109,59 @@ def audio_codec(payload: bytes) -> str:
     if fmt == 9 and len(payload) >= 5:  # Enhanced RTMP audio: FourCC follows
         return AUDIO_FOURCC.get(bytes(payload[1:5]), "")
     return AUDIO_CODECS.get(fmt, "")
+
+
+def ingest_video(app: App, stream: Stream, payload: bytes, dts: int) -> None:
+    """Put one FLV/RTMP video tag of ``stream`` into its frame store and tell the plugins."""
+    tag = parse_video(payload)
+    frames = stream.frames
+    if tag.kind == SEQUENCE_START:
+        if tag.codec:
+            frames.set_codec(tag.codec, tag.data or None)
+    elif tag.kind == CODED_FRAMES:
+        if not tag.codec:
+            if frames.frames_in == 0:
+                log.warning(
+                    "stream %s: unsupported video codec (tag byte 0x%02x); snapshots need "
+                    "H.264, HEVC, AV1 or VP9",
+                    stream.name,
+                    payload[0],
+                )
+            frames.frames_in += 1
+            return
+        if tag.codec != frames.codec_name:
+            frames.set_codec(tag.codec, None)  # codecs without a sequence header (FLV1)
+        handle = frames.push_packet(tag.data, dts + tag.cts, tag.keyframe, dts)
+        if handle is not None:
+            app.frame(stream, handle)
+
+
+class FlvError(ValueError):
+    """The byte stream is not FLV."""
+
+
+MAX_TAG_BYTES = 16 << 20
+
+
+async def read_tags(reader: asyncio.StreamReader) -> AsyncIterator[tuple[int, int, bytes]]:
+    """Yield ``(tag type, timestamp ms, data)`` from an FLV byte stream until it ends."""
+    header = await reader.readexactly(9)
+    if header[:3] != b"FLV":
+        raise FlvError(f"not an FLV stream (starts with {header[:3]!r})")
+    offset = int.from_bytes(header[5:9], "big")
+    if offset > 9:
+        await reader.readexactly(offset - 9)
+    await reader.readexactly(4)  # PreviousTagSize0
+    while True:
+        try:
+            head = await reader.readexactly(11)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise FlvError("FLV stream cut inside a tag header") from None
+            return
+        size = int.from_bytes(head[1:4], "big")
+        if size > MAX_TAG_BYTES:
+            raise FlvError(f"FLV tag of {size} bytes")
+        ts = int.from_bytes(head[4:7], "big") | (head[7] << 24)
+        body = await reader.readexactly(size + 4)
+        yield head[0] & 0x1F, ts, body[:size]

@@ -138,7 +138,7 @@ class FrameStore:
                 return None
             self._gop.append(_Packet(data, pts, pts if dts is None else dts, index))
             self._gop_bytes += size
-        self._wake()
+        self.wake()
         return FrameHandle(index, pts, keyframe, size)
 
     def push_picture(self, frame: av.VideoFrame, pts: int) -> FrameHandle:
@@ -148,7 +148,7 @@ class FrameStore:
         self._recent.append((time.monotonic(), 0))
         self.width, self.height = frame.width, frame.height
         self._latest = Picture(frame, index, pts, self._gop_id)
-        self._wake()
+        self.wake()
         return FrameHandle(index, pts, True, 0)
 
     def reset(self) -> None:
@@ -209,7 +209,8 @@ class FrameStore:
                 self._waiters.remove(fut)
         return self.decodable
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wake everything waiting in :meth:`wait_decodable` (new data, or a failure)."""
         if self._waiters:
             for fut in self._waiters:
                 if not fut.done():

@@ -23,7 +23,7 @@ import pluggy
 from .._version import __version__
 from ..hooks import PROJECT_NAME, specs
 from .config import PluginsConfig
-from .errors import StartupError
+from .errors import StartupError, StreamsnapError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ ENTRY_POINT_GROUP = "streamsnap"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "streamsnap.plugins.rest",
     "streamsnap.plugins.rtmp",
+    "streamsnap.plugins.rtsp",
     "streamsnap.plugins.storage_local",
 )
 
@@ -105,7 +106,9 @@ class PluginManager(pluggy.PluginManager):
         """Call a firstresult hook: the first non-None answer wins, awaited if awaitable.
 
         Walked here rather than by pluggy so that async implementations can decline too
-        (their coroutine is not None until awaited).
+        (their coroutine is not None until awaited). An implementation that raises is
+        logged with its name and skipped, except for streamsnap's own errors, which are answers
+        (e.g. InvalidStreamName from ``resolve_stream``) and propagate.
         """
         caller = getattr(self.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):
@@ -115,6 +118,8 @@ class PluginManager(pluggy.PluginManager):
                 result = impl.function(*[kwargs[a] for a in impl.argnames])
                 if inspect.isawaitable(result):
                     result = await result
+            except StreamsnapError:
+                raise  # a deliberate answer (e.g. InvalidStreamName), not a plugin bug
             except Exception:
                 log.exception("plugin %s failed in %s (ignored)", impl.plugin_name, hook_name)
                 continue

@@ -124,7 +124,11 @@ class SnapshotService:
             remaining = deadline - loop.time()
             if stream.frames.decodable or remaining <= 0:
                 break
+            if stream.failure:
+                raise SnapshotError(stream.failure)
             await stream.frames.wait_decodable(min(step, remaining))
+            if stream.failure and not stream.frames.decodable:
+                raise SnapshotError(stream.failure)
             if is_live is not None and not is_live(stream):
                 raise StreamNotFound(f"stream {stream.name!r} ended")
         if not stream.frames.decodable:

@@ -35,6 +35,17 @@ class Stream:
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     metadata: dict[str, Any] = field(default_factory=dict)
     terminator: Terminator | None = None
+    failure: str = ""  # why the source cannot deliver now (WCS wording), "" when fine
+    last_used: float = field(default_factory=time.monotonic)  # last snapshot/find of it
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    def fail(self, reason: str) -> None:
+        """The source failed: waiting snapshots give up with ``reason``."""
+        self.failure = reason
+        self.status = "FAILED"
+        self.frames.wake()
 
     @property
     def width(self) -> int:
@@ -50,7 +61,7 @@ class Stream:
 
     @property
     def has_video(self) -> bool:
-        return True
+        return self.frames.frames_in > 0 or bool(self.frames.codec_name)
 
     def describe(self) -> dict[str, Any]:
         """The WCS stream object (REST ``/stream/find``), with streamsnap's own extras."""
@@ -76,6 +87,7 @@ class Stream:
             "mediaProvider": self.protocol.upper(),
             "protocol": self.protocol,
             "framesIn": frames.frames_in,
+            "info": self.failure,
         }
 
     def __repr__(self) -> str:

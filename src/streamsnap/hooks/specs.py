@@ -88,6 +88,18 @@ def on_frame(stream: Stream, frame: FrameHandle) -> None:
 
 
 @_hookspec(firstresult=True)
+def resolve_stream(app: App, name: str) -> Stream | None:
+    """A stream that is not live is asked for by ``name`` (snapshot, find, play).
+
+    A plugin that can provide it (e.g. by pulling the ``rtsp://`` URL the name is) starts it,
+    registers it and returns it (or an awaitable of it); it may also return a live stream known
+    under another name (an alias). Raise :class:`streamsnap.core.errors.InvalidStreamName` to
+    refuse a name outright (REST answers 400). Stops at the first non-None result; return None
+    to decline.
+    """
+
+
+@_hookspec(firstresult=True)
 def on_snapshot_request(stream: Stream, request: SnapshotRequest) -> Snapshot | None:
     """A snapshot of ``stream`` is asked for (REST, WebSocket, CLI, auto-snapshot).
 

@@ -6,6 +6,7 @@ Errors use the WCS body (``exception``, ``reason``, ``path``, ``error``, ``messa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -15,9 +16,10 @@ from aiohttp import web
 
 from .._version import __version__
 from ..core.app import APP_KEY, App
-from ..core.errors import SnapshotError, StreamNotFound
+from ..core.errors import InvalidStreamName, SnapshotError, StreamNotFound
 from ..core.imaging import FORMATS
 from ..core.snapshot import SnapshotRequest
+from ..core.supervisor import mask_credentials
 from ..hooks import hookimpl
 
 log = logging.getLogger(__name__)
@@ -103,8 +105,10 @@ async def snapshot(request: web.Request) -> web.Response:
         snap = await _app(request).snapshot(name, SnapshotRequest(source="rest"))
     except StreamNotFound:
         return error_response(request, 404, "Stream not found")
+    except InvalidStreamName as exc:
+        return error_response(request, 400, str(exc))
     except SnapshotError as exc:
-        log.warning("stream %s: REST snapshot failed: %s", name, exc)
+        log.warning("stream %s: REST snapshot failed: %s", mask_credentials(name), exc)
         return error_response(request, 500, str(exc) or "Snapshot taking error")
     return web.json_response({"data": snap.base64()})
 
@@ -140,8 +144,10 @@ async def snapshot_image(request: web.Request) -> web.StreamResponse:
         snap = await _app(request).snapshot(name, req)
     except StreamNotFound:
         return error_response(request, 404, "Stream not found")
+    except InvalidStreamName as exc:
+        return error_response(request, 400, str(exc))
     except SnapshotError as exc:
-        log.warning("stream %s: image snapshot failed: %s", name, exc)
+        log.warning("stream %s: image snapshot failed: %s", mask_credentials(name), exc)
         return error_response(request, 500, str(exc) or "Snapshot taking error")
     return web.Response(
         body=snap.data,
@@ -172,11 +178,21 @@ def _filters(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def find(request: web.Request) -> web.Response:
-    """``/rest-api/stream/find``: streams matching ``name``/``mediaSessionId``/``published``."""
+    """``/rest-api/stream/find``: streams matching ``name``/``mediaSessionId``/``published``.
+
+    A ``name`` that is not live but can be pulled (an ``rtsp://`` URL) starts the pull.
+    """
+    app = _app(request)
     try:
-        streams = _app(request).streams.find(**_filters(await _json_body(request)))
+        filters = _filters(await _json_body(request))
+        if "name" in filters:
+            with contextlib.suppress(StreamNotFound):
+                filters["name"] = (await app.resolve(filters["name"])).name
+        streams = app.streams.find(**filters)
     except BadRequest as exc:
         return error_response(request, exc.status, str(exc))
+    except InvalidStreamName as exc:
+        return error_response(request, 400, str(exc))
     if not streams:
         return error_response(request, 404, "Stream not found")
     return web.json_response([s.describe() for s in streams])

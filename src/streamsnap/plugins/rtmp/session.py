@@ -15,6 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ...core.errors import StreamNameInUse
+from ...core.flv import audio_codec, ingest_video
 from . import amf0
 from .chunks import (
     ACK,
@@ -33,7 +34,6 @@ from .chunks import (
     RtmpProtocolError,
     encode_message,
 )
-from .media import CODED_FRAMES, SEQUENCE_START, audio_codec, parse_video
 
 if TYPE_CHECKING:
     from ...core.app import App
@@ -188,31 +188,8 @@ class RtmpSession(asyncio.Protocol):
         # and shared objects need nothing from an ingest-only server.
 
     def _on_video(self, msg: Message) -> None:
-        stream = self.stream
-        if stream is None:
-            return
-        tag = parse_video(msg.payload)
-        if tag.kind == SEQUENCE_START:
-            if tag.codec:
-                stream.frames.set_codec(tag.codec, tag.data or None)
-        elif tag.kind == CODED_FRAMES:
-            frames = stream.frames
-            if not tag.codec:
-                if frames.frames_in == 0:
-                    log.warning(
-                        "stream %s: unsupported video codec (tag byte 0x%02x); "
-                        "snapshots need H.264, HEVC, AV1 or VP9",
-                        stream.name,
-                        msg.payload[0],
-                    )
-                frames.frames_in += 1
-                return
-            if tag.codec != frames.codec_name:
-                frames.set_codec(tag.codec, None)  # codecs without a sequence header (FLV1)
-            dts = msg.timestamp
-            handle = frames.push_packet(tag.data, dts + tag.cts, tag.keyframe, dts)
-            if handle is not None:
-                self.app.frame(stream, handle)
+        if self.stream is not None:
+            ingest_video(self.app, self.stream, msg.payload, msg.timestamp)
 
     def _on_data(self, values: list[Any]) -> None:
         if self.stream is None or not values:

@@ -1,0 +1,263 @@
+"""Supervised FFmpeg child processes: start, watch for progress, restart with backoff, stop.
+
+A child is alive when it makes progress (its consumer reports output), not merely when its pid
+exists: a camera that stops sending while TCP stays open is caught within ``stall_timeout_s``.
+Restarts back off exponentially with jitter; a run that stayed healthy resets the backoff.
+Stopping escalates INT → TERM → KILL, each with a timeout, and always reaps the child.
+Every step is logged with the child's name and pid; command lines and stderr are masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def mask_credentials(text: str) -> str:
+    """Replace ``user:password@`` in every URL of ``text`` with ``***@``."""
+    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
+@dataclass
+class SupervisorPolicy:
+    stall_timeout_s: float = 5.0  # no progress for this long: restart
+    start_timeout_s: float = 10.0  # no first progress within this: restart
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    healthy_after_s: float = 30.0  # a run this long resets the backoff
+    stop_timeouts_s: tuple[float, float, float] = (2.0, 2.0, 2.0)  # after INT, TERM, KILL
+
+
+# What FFmpeg prints, and what it means for the user (WCS wording where WCS has one)
+FAILURES: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"401 Unauthorized|403 Forbidden"), "auth", "Failed to connect to rtsp stream"),
+    (re.compile(r"404 Not Found|454 Session Not Found"), "not_found", "Rtsp stream not found"),
+    (
+        re.compile(
+            r"Connection refused|No route to host|Network is unreachable|"
+            r"Name or service not known|Cannot assign requested address"
+        ),
+        "unreachable",
+        "Failed to connect to rtsp stream",
+    ),
+    (re.compile(r"timed out|Operation timed out"), "timeout", "Failed to connect to rtsp stream"),
+    (re.compile(r"Protocol not on whitelist|not on whitelist"), "refused", "Protocol not allowed"),
+)
+
+
+@dataclass(frozen=True)
+class ChildExit:
+    kind: str  # "auth", "not_found", "unreachable", "timeout", "stall", "exited", "stopped"
+    message: str  # for users (REST, stream status)
+    detail: str  # for logs (masked)
+    returncode: int | None
+
+
+Consumer = Callable[[asyncio.StreamReader], Awaitable[None]]
+
+
+class FfmpegSupervisor:
+    """Keeps one child running: ``build_argv()`` gives its command line, ``consume(stdout)``
+    reads its output and must call :meth:`progress` as data arrives."""
+
+    def __init__(
+        self,
+        name: str,
+        build_argv: Callable[[], list[str]],
+        consume: Consumer,
+        policy: SupervisorPolicy | None = None,
+        on_exit: Callable[[ChildExit], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.build_argv = build_argv
+        self.consume = consume
+        self.policy = policy or SupervisorPolicy()
+        self.on_exit = on_exit
+        self.state = "new"  # new, starting, running, backoff, stopping, stopped
+        self.pid: int | None = None
+        self.starts = 0
+        self.last_exit: ChildExit | None = None
+        self._last_progress = 0.0
+        self._progressed = False
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self.stderr_tail: deque[str] = deque(maxlen=30)
+
+    # ---------------------------------------------------------------- public
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"supervisor:{self.name}"
+            )
+
+    def progress(self) -> None:
+        """Called by the consumer whenever the child produced something useful."""
+        self._last_progress = time.monotonic()
+        if not self._progressed:
+            self._progressed = True
+            self.state = "running"
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    async def stop(self) -> None:
+        """Stop the child (INT → TERM → KILL) and the supervision; idempotent."""
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.state = "stopped"
+
+    # ---------------------------------------------------------------- supervision
+    async def _run(self) -> None:
+        backoff = self.policy.backoff_initial_s
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            result = await self._run_once()
+            self.last_exit = result
+            if self._stopping.is_set():
+                break
+            if self.on_exit is not None:
+                try:
+                    self.on_exit(result)
+                except Exception:
+                    log.exception("%s: exit callback failed", self.name)
+            if time.monotonic() - started >= self.policy.healthy_after_s:
+                backoff = self.policy.backoff_initial_s
+            delay = backoff * random.uniform(0.8, 1.2)
+            backoff = min(backoff * 2, self.policy.backoff_max_s)
+            self.state = "backoff"
+            log.info("%s: restarting in %.1f s (%s)", self.name, delay, result.kind)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+        self.state = "stopped"
+
+    async def _run_once(self) -> ChildExit:
+        argv = self.build_argv()
+        self.state = "starting"
+        self._progressed = False
+        self.stderr_tail.clear()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.error("%s: cannot start %s: %s", self.name, argv[0], exc)
+            return ChildExit("exited", "Failed to start FFmpeg", str(exc), None)
+        self._proc = proc
+        self.pid = proc.pid
+        self.starts += 1
+        self._last_progress = time.monotonic()
+        log.info("%s: started pid %d: %s", self.name, proc.pid, mask_credentials(" ".join(argv)))
+        assert proc.stdout is not None and proc.stderr is not None
+        consumer = asyncio.ensure_future(self._consume(proc.stdout))
+        stderr = asyncio.ensure_future(self._read_stderr(proc.stderr))
+        waiter = asyncio.ensure_future(proc.wait())
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        reason: str | None = None
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {waiter, stopper, consumer}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED
+                )
+                if waiter in done:
+                    break
+                if stopper in done:
+                    reason = "stopped"
+                    break
+                if consumer in done:
+                    reason = self._consumer_failure(consumer)
+                    break
+                idle = time.monotonic() - self._last_progress
+                limit = (
+                    self.policy.stall_timeout_s if self._progressed else self.policy.start_timeout_s
+                )
+                if idle > limit:
+                    reason = "stall"
+                    log.warning(
+                        "%s: pid %d made no progress for %.1f s: restarting",
+                        self.name,
+                        proc.pid,
+                        idle,
+                    )
+                    break
+        finally:
+            stopper.cancel()
+            await self._terminate(proc)
+            for task in (consumer, stderr):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(consumer, stderr, return_exceptions=True)
+            self._proc = None
+        return self._classify(proc.returncode, reason)
+
+    async def _consume(self, stdout: asyncio.StreamReader) -> None:
+        await self.consume(stdout)
+
+    def _consumer_failure(self, consumer: asyncio.Future[None]) -> str:
+        exc = consumer.exception()
+        if exc is not None:
+            log.warning("%s: output not understood: %s", self.name, exc)
+            return "bad_output"
+        return "eof"
+
+    async def _read_stderr(self, stderr: asyncio.StreamReader) -> None:
+        while True:
+            line = await stderr.readline()
+            if not line:
+                return
+            text = mask_credentials(line.decode("utf-8", "replace").rstrip())
+            if text:
+                self.stderr_tail.append(text)
+                log.debug("%s: ffmpeg: %s", self.name, text)
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        """INT, then TERM, then KILL, each followed by a bounded wait; the child is reaped."""
+        if proc.returncode is None:
+            for sig, wait in zip(
+                (signal.SIGINT, signal.SIGTERM, signal.SIGKILL),
+                self.policy.stop_timeouts_s,
+                strict=True,
+            ):
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+                try:
+                    await asyncio.wait_for(proc.wait(), wait)
+                    break
+                except TimeoutError:
+                    log.warning("%s: pid %d ignored %s", self.name, proc.pid, sig.name)
+            else:
+                await proc.wait()
+        log.info("%s: pid %d exited with %s", self.name, proc.pid, proc.returncode)
+
+    def _classify(self, returncode: int | None, reason: str | None) -> ChildExit:
+        tail = "\n".join(self.stderr_tail)
+        detail = self.stderr_tail[-1] if self.stderr_tail else ""
+        if reason == "stopped":
+            return ChildExit("stopped", "Stopped", detail, returncode)
+        for pattern, kind, message in FAILURES:
+            if pattern.search(tail):
+                log.warning("%s: %s (%s)", self.name, message, detail)
+                return ChildExit(kind, message, detail, returncode)
+        if reason == "stall":
+            return ChildExit("stall", "Source stopped sending", detail, returncode)
+        log.warning("%s: exited with %s (%s)", self.name, returncode, detail or reason)
+        return ChildExit("exited", "Source ended", detail, returncode)

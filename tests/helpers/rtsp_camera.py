@@ -1,0 +1,79 @@
+#!/usr/bin/python3
+"""A camera for tests: GStreamer's RTSP server serving H.264 at rtsp://127.0.0.1:PORT/cam.
+
+Runs with the system Python (python3-gi does not import inside a venv). Prints
+``ready PORT`` once it listens. Options: --port (0 = any free one), --size WxH, --fps,
+--user/--password (Basic auth), --stdin (frames come as raw gray8 pictures on stdin instead of
+a test pattern, so a test can put a frame counter on the picture), --path.
+"""
+
+import argparse
+import contextlib
+import sys
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+gi.require_version("GstRtsp", "1.0")
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--path", default="/cam")
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--user")
+    parser.add_argument("--password")
+    parser.add_argument("--stdin", action="store_true")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.split("x"))
+    Gst.init(None)
+
+    if args.stdin:
+        source = (
+            f"fdsrc fd=0 blocksize={width * height} do-timestamp=true ! "
+            f"rawvideoparse format=gray8 width={width} height={height} "
+            f"framerate={args.fps}/1 ! videoconvert ! video/x-raw,format=I420"
+        )
+    else:
+        source = (
+            f"videotestsrc is-live=true pattern=ball ! "
+            f"video/x-raw,width={width},height={height},framerate={args.fps}/1"
+        )
+    launch = (
+        f"( {source} ! x264enc tune=zerolatency speed-preset=ultrafast "
+        f"key-int-max={args.fps} ! video/x-h264,profile=baseline ! "
+        f"rtph264pay name=pay0 pt=96 config-interval=1 )"
+    )
+    server = GstRtspServer.RTSPServer()
+    server.set_address("127.0.0.1")
+    server.set_service(str(args.port))
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_launch(launch)
+    factory.set_shared(True)
+    factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP | GstRtsp.RTSPLowerTrans.UDP)
+    if args.user:
+        auth = GstRtspServer.RTSPAuth()
+        token = GstRtspServer.RTSPToken()
+        token.set_string("media.factory.role", args.user)
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password or ""), token)
+        server.set_auth(auth)
+        permissions = GstRtspServer.RTSPPermissions()
+        permissions.add_permission_for_role(args.user, "media.factory.access", True)
+        permissions.add_permission_for_role(args.user, "media.factory.construct", True)
+        factory.set_permissions(permissions)
+    server.get_mount_points().add_factory(args.path, factory)
+    if server.attach(None) == 0:
+        print("failed to listen", file=sys.stderr, flush=True)
+        return 1
+    print(f"ready {server.get_bound_port()}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        GLib.MainLoop().run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
