@@ -92,6 +92,16 @@ def test_auth_from_url_and_from_config_and_failures(make_server, make_camera):
     assert cam.url() in names
 
 
+def test_digest_auth(make_server, make_camera):
+    cam = make_camera(user="admin", password="d1gest", digest=True)
+    srv = rtsp_server(make_server)
+    status, body = srv.snapshot(cam.url(user="admin", password="d1gest"))
+    assert status == 200, body
+    status, body = srv.snapshot(cam.url(user="admin", password="nope", path="/cam?2"))
+    assert status == 500 and body["message"] == FAILED_TO_CONNECT
+    assert "nope" not in srv.log and "d1gest" not in srv.log
+
+
 def test_credentials_from_config_by_host(make_server, make_camera):
     cam = make_camera(user="viewer", password="pw")
     srv = rtsp_server(

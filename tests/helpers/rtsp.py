@@ -37,8 +37,10 @@ class RtspCamera:
         user: str | None = None,
         password: str | None = None,
         fps: int = 30,
+        digest: bool = False,
     ) -> None:
         self.size, self.user, self.password, self.fps = size, user, password, fps
+        self.digest = digest
         self.port = port
         self.proc: subprocess.Popen[str] | None = None
         self.start()
@@ -56,6 +58,8 @@ class RtspCamera:
         ]
         if self.user:
             argv += ["--user", self.user, "--password", self.password or ""]
+            if self.digest:
+                argv.append("--digest")
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

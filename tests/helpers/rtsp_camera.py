@@ -3,7 +3,7 @@
 
 Runs with the system Python (python3-gi does not import inside a venv). Prints
 ``ready PORT`` once it listens. Options: --port (0 = any free one), --size WxH, --fps,
---user/--password (Basic auth), --stdin (frames come as raw gray8 pictures on stdin instead of
+--user/--password (Basic auth, or Digest with --digest), --stdin (frames come as raw gray8 pictures on stdin instead of
 a test pattern, so a test can put a frame counter on the picture), --path.
 """
 
@@ -27,6 +27,7 @@ def main() -> int:
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--user")
     parser.add_argument("--password")
+    parser.add_argument("--digest", action="store_true", help="Digest instead of Basic auth")
     parser.add_argument("--stdin", action="store_true")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
@@ -59,7 +60,11 @@ def main() -> int:
         auth = GstRtspServer.RTSPAuth()
         token = GstRtspServer.RTSPToken()
         token.set_string("media.factory.role", args.user)
-        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password or ""), token)
+        if args.digest:
+            auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+            auth.add_digest(args.user, args.password or "", token)
+        else:
+            auth.add_basic(GstRtspServer.RTSPAuth.make_basic(args.user, args.password or ""), token)
         server.set_auth(auth)
         permissions = GstRtspServer.RTSPPermissions()
         permissions.add_permission_for_role(args.user, "media.factory.access", True)
