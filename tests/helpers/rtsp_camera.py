@@ -3,8 +3,8 @@
 
 Runs with the system Python (python3-gi does not import inside a venv). Prints
 ``ready PORT`` once it listens. Options: --port (0 = any free one), --size WxH, --fps,
---user/--password (Basic auth, or Digest with --digest), --stdin (frames come as raw gray8 pictures on stdin instead of
-a test pattern, so a test can put a frame counter on the picture), --path.
+--user/--password (Basic auth, or Digest with --digest), --path, --stdin (frames come as raw
+gray8 pictures on stdin instead of a test pattern, so a test can put a frame counter on them).
 """
 
 import argparse
