@@ -14,6 +14,7 @@ Writes BENCHMARKS.md (and bench/out/results.json). Usage: ``make bench`` or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -272,6 +273,110 @@ def bench_idle(server: ServerProcess, nginx: Nginx | None, streams: int, window:
     return out
 
 
+def child_pids(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a process and its live children (the server and its FFmpeg pulls)."""
+    total = cpu_seconds(pid)
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError, IndexError):
+            total += cpu_seconds(child)
+    return total
+
+
+def bench_rtsp(
+    server: ServerProcess, n_cold: int, n_warm: int, cameras: int, window: float
+) -> dict:
+    """Cold and warm snapshots of an RTSP camera, and the cost of keeping cameras pulled."""
+    from tests.helpers.rtsp import RtspCamera, camera_available
+
+    if not camera_available():
+        log("GStreamer RTSP server not installed: RTSP benchmark skipped")
+        return {}
+    cam = RtspCamera(size="1280x720")
+    out: dict = {"camera": "GStreamer RTSP server, x264 720p30, keyframe every 30 frames"}
+    try:
+        log(f"RTSP: {n_cold} cold snapshots (camera not yet pulled) vs the ffmpeg CLI")
+        cold, cli = [], []
+        for i in range(n_cold):
+            cold.append(rest_snapshot_ms(server, cam.url(query=f"?cold={i}")))
+            t0 = time.perf_counter()
+            subprocess.run(
+                [
+                    FFMPEG,
+                    "-v",
+                    "error",
+                    "-y",
+                    "-rtsp_transport",
+                    "tcp",
+                    "-i",
+                    cam.url(query=f"?cli={i}"),
+                    "-frames:v",
+                    "1",
+                    str(OUT / "rtsp.png"),
+                ],
+                check=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
+            cli.append((time.perf_counter() - t0) * 1000)
+        out["cold_ms"], out["ffmpeg_cli_ms"] = cold, cli
+        log(f"RTSP: {n_warm} warm snapshots")
+        warm_url = cam.url(query="?warm")
+        rest_snapshot_ms(server, warm_url)
+        warm = []
+        for _ in range(n_warm):
+            time.sleep(random.uniform(0.2, 1.2))
+            warm.append(rest_snapshot_ms(server, warm_url))
+        out["warm_ms"] = warm
+        deadline = time.monotonic() + 90  # let the idle pulls go before the baseline
+        while server.request("POST", "/rest-api/stream/find_all")[0] != 404:
+            if time.monotonic() > deadline:
+                raise RuntimeError("RTSP pulls were not dropped after their idle timeout")
+            time.sleep(1)
+        time.sleep(2)
+        pid = server.proc.pid
+        c0 = tree_cpu_seconds(pid)
+        time.sleep(window / 2)
+        base = (tree_cpu_seconds(pid) - c0) / (window / 2)
+        urls = [cam.url(query=f"?idle={i}") for i in range(cameras)]
+        for url in urls:
+            rest_snapshot_ms(server, url)  # starts the pull
+        time.sleep(3)
+        c0, t0 = tree_cpu_seconds(pid), time.monotonic()
+        # keep them in use (find, not snapshot: no decode) so the idle timeout does not drop them
+        for _ in range(int(window)):
+            for url in urls:
+                server.request("POST", "/rest-api/stream/find", {"name": url})
+            time.sleep(1)
+        used = (tree_cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+        per = (used - base) / cameras * 100
+        log(
+            f"RTSP idle: {used * 100:.1f} % of a core for {cameras} cameras "
+            f"(server + FFmpeg children) -> {per:.2f} % per camera"
+        )
+        out["idle"] = {
+            "cameras": cameras,
+            "total_pct": used * 100,
+            "baseline_pct": base * 100,
+            "per_camera_pct": per,
+        }
+    finally:
+        cam.stop()
+    return out
+
+
 def machine() -> dict:
     model = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -293,7 +398,31 @@ def machine() -> dict:
     }
 
 
-def summarize(lat: dict, idle: dict, info: dict, argv: list[str]) -> str:
+def rtsp_section(rtsp: dict) -> str:
+    if not rtsp:
+        return "## RTSP cameras\nSkipped: GStreamer RTSP server not installed.\n"
+    cold, cli, warm = rtsp["cold_ms"], rtsp["ffmpeg_cli_ms"], rtsp["warm_ms"]
+    idle = rtsp["idle"]
+    return f"""## RTSP cameras
+Camera: {rtsp["camera"]} (one shared encoder; every pull below is a separate RTSP session and
+FFmpeg child). Cold: a snapshot of a camera URL not yet pulled (FFmpeg starts, connects, waits
+for a keyframe). Anchor: `ffmpeg -rtsp_transport tcp -i URL -frames:v 1 out.png` against the
+same camera, alternating with the cold snapshots. Warm: snapshots of a camera already pulled,
+0.2-1.2 s apart.
+
+| measure | p50 ms | p99 ms | n |
+|---|---|---|---|
+| streamsnap cold snapshot | {statistics.median(cold):.0f} | {percentile(cold, 99):.0f} | {len(cold)} |
+| ffmpeg CLI, one frame | {statistics.median(cli):.0f} | {percentile(cli, 99):.0f} | {len(cli)} |
+| streamsnap warm snapshot | {statistics.median(warm):.0f} | {percentile(warm, 99):.0f} | {len(warm)} |
+
+Cost of keeping 720p30 cameras pulled with no snapshots: {idle["cameras"]} cameras,
+{idle["total_pct"]:.1f} % of a core for the server and its FFmpeg children together (baseline
+{idle["baseline_pct"]:.2f} %), **{idle["per_camera_pct"]:.2f} % of a core per camera**.
+"""
+
+
+def summarize(lat: dict, idle: dict, rtsp: dict, info: dict, argv: list[str]) -> str:
     rows = []
     for size, r in lat.items():
         rest = r["rest_ms"]
@@ -347,6 +476,7 @@ nginx-rtmp, a C server that only relays packets, is the floor for "keeping packe
 |---|---|---|---|---|
 {chr(10).join(idle_rows)}
 
+{rtsp_section(rtsp)}
 ## What limits
 - Lazy decode: a snapshot decodes every frame since the last keyframe the stream's decoder has
   not seen yet (at most one GOP: 60 frames here), then converts to RGB and writes PNG (fpng,
@@ -357,6 +487,9 @@ nginx-rtmp, a C server that only relays packets, is the floor for "keeping packe
   frames with x264 defaults.
 - The FFmpeg command line pays a process start, the RTMP handshake and play, stream probing,
   and the wait for the next keyframe (up to one GOP): seconds, whatever the machine.
+- A cold RTSP snapshot is bounded by the camera: the RTSP handshake and the wait for its next
+  keyframe (up to 1 s here), the same wait the FFmpeg command line has; after that, snapshots
+  are warm. An RTSP camera costs its FFmpeg remux (`-c copy`) plus reading FLV tags.
 - Idle cost is Python work per RTMP message (chunk parsing, FLV tag parsing, the on_frame
   hook) for ~30 video + ~47 audio messages a second per stream.
 """
@@ -366,12 +499,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     parser.add_argument("--idle-streams", type=int, default=10)
+    parser.add_argument(
+        "--only",
+        choices=["rtmp", "rtsp"],
+        help="run one part; the other part's numbers come from the last bench/out/results.json",
+    )
     args = parser.parse_args()
     n_rest, n_cli, window = (10, 3, 5.0) if args.quick else (100, 15, 20.0)
-    info = machine()
-    nginx = Nginx() if NGINX_MODULE.exists() and shutil.which("nginx") else None
-    if nginx is None:
-        log("nginx-rtmp not installed: anchors skipped (scripts/install-system-deps.sh bench)")
+    results_file = OUT / "results.json"
+    previous = json.loads(results_file.read_text()) if results_file.exists() else {}
+    results = {
+        "machine": machine(),
+        "latency": previous.get("latency", {}),
+        "idle": previous.get("idle", {}),
+        "rtsp": previous.get("rtsp", {}),
+    }
+    nginx = None
+    if args.only != "rtsp":
+        nginx = Nginx() if NGINX_MODULE.exists() and shutil.which("nginx") else None
+        if nginx is None:
+            log("nginx-rtmp not installed: anchors skipped (scripts/install-system-deps.sh bench)")
     work = Path(tempfile.mkdtemp(prefix="bench-streamsnap-"))
     config = write_config(
         work / "bench.toml",
@@ -382,24 +529,31 @@ def main() -> int:
             "rtmp_port": 0,
             "log_level": "INFO",
         },
+        rtsp={"idle_timeout_s": 10},
     )
     server = ServerProcess(config, cwd=work).start()
     try:
-        lat = bench_latency(server, nginx, ["1280x720", "1920x1080"], n_rest, n_cli)
-        idle = bench_idle(server, nginx, args.idle_streams, window)
+        if args.only != "rtsp":
+            results["latency"] = bench_latency(
+                server, nginx, ["1280x720", "1920x1080"], n_rest, n_cli
+            )
+            results["idle"] = bench_idle(server, nginx, args.idle_streams, window)
+        if args.only != "rtmp":
+            results["rtsp"] = bench_rtsp(server, n_cli, n_rest, args.idle_streams, window)
     finally:
         server.stop()
         if nginx:
             nginx.stop()
         shutil.rmtree(work, ignore_errors=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(
-        json.dumps({"machine": info, "latency": lat, "idle": idle}, indent=1)
-    )
+    results_file.write_text(json.dumps(results, indent=1))
     argv = ["python", "bench/run.py", *sys.argv[1:]]
-    (ROOT / "BENCHMARKS.md").write_text(summarize(lat, idle, info, argv))
+    report = summarize(
+        results["latency"], results["idle"], results["rtsp"], results["machine"], argv
+    )
+    (ROOT / "BENCHMARKS.md").write_text(report)
     log("wrote BENCHMARKS.md")
-    print((ROOT / "BENCHMARKS.md").read_text())
+    print(report)
     return 0
 
 
