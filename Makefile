@@ -7,13 +7,19 @@ CONFIG ?= conf/streamsnap.toml
 
 .PHONY: install run test test-deps lint bench clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install -e .
 	touch $@
+
+# The Flashphoner WebSDK for the web pages (npm; never committed)
+node_modules/.installed: package.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --no-audit --no-fund --ignore-scripts --loglevel=error && touch $@; \
+	else echo "npm not found: the web pages need the Flashphoner WebSDK (npm install)" >&2; fi
 
 run: install
 	$(BIN)/streamsnap serve --config $(CONFIG)

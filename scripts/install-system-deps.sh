@@ -22,6 +22,8 @@ fi
 # the RTSP camera the tests pull from: GStreamer's RTSP server, driven by the system Python
 /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); gi.require_version('GstRtsp', '1.0')" \
   >/dev/null 2>&1 || missing+=(python3-gi gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-rtsp)
+# a real browser for the WebRTC tests (driven by Playwright, never its own downloaded build)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "$what" = bench ]; then
   [ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(nginx libnginx-mod-rtmp)
 fi

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import inspect
 import logging
 import os
@@ -23,6 +24,9 @@ from .snapshot import Snapshot, SnapshotRequest, SnapshotService
 from .streams import Stream, StreamRegistry
 
 log = logging.getLogger(__name__)
+
+# HTTP paths that [auth] token protects; pages and /healthz stay open
+PROTECTED = ("/rest-api/", "/whip/", "/metrics", "/streams/", "/plugins")
 
 APP_KEY: web.AppKey[App] = web.AppKey("streamsnap_app", object)  # type: ignore[arg-type]
 
@@ -59,7 +63,7 @@ class App:
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         self.backends.collect(self.pm)
-        self.web = web.Application(client_max_size=1 << 20)
+        self.web = web.Application(client_max_size=1 << 20, middlewares=[self._auth])
         self.web[APP_KEY] = self
         for name, routes in self.pm.broadcast("register_routes", app=self):
             try:
@@ -88,6 +92,31 @@ class App:
                 except Exception:
                     log.exception("plugin %s failed in on_startup (left out)", name)
         log.info("streamsnap ready: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """With ``[auth] token``: the APIs (not the pages) need ``Authorization: Bearer``."""
+        token = self.config.auth.token
+        if token and request.method != "OPTIONS" and request.path.startswith(PROTECTED):
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                log.warning(
+                    "http %s %s from %s: missing or wrong bearer token",
+                    request.method,
+                    request.path,
+                    request.remote,
+                )
+                return web.json_response(
+                    {
+                        "status": 401,
+                        "error": "Unauthorized",
+                        "path": request.path,
+                        "message": "Authorization: Bearer <token> required",
+                    },
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="streamsnap"'},
+                )
+        return await handler(request)
 
     async def stop(self) -> None:
         timeout = self.config.server.shutdown_timeout_s
@@ -142,7 +171,7 @@ class App:
 
     async def announce(self, stream: Stream) -> None:
         """Fire ``on_publish`` for a claimed stream."""
-        await self.pm.abroadcast("on_publish", stream=stream)
+        await self.pm.abroadcast("on_publish", stream=stream, app=self)
 
     async def unpublish(self, stream: Stream, reason: str = "") -> None:
         if not self.streams.remove(stream):
@@ -157,7 +186,7 @@ class App:
             stream.frames.frames_in,
             stream.media_session_id,
         )
-        await self.pm.abroadcast("on_unpublish", stream=stream)
+        await self.pm.abroadcast("on_unpublish", stream=stream, app=self)
 
     def is_live(self, stream: Stream) -> bool:
         return self.streams.lookup(stream.name) is stream

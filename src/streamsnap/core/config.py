@@ -73,6 +73,22 @@ class RtspConfig:
 
 
 @dataclass
+class WebRtcConfig:
+    ice_addresses: list[str] = field(default_factory=list)  # host candidates; empty: every
+    # non-loopback interface. "127.0.0.1" for a browser on the same host.
+    public_address: str = ""  # 1:1 NAT: the address host candidates are rewritten to
+    ice_servers: list[str] = field(default_factory=list)  # "stun:host:port"; empty: none
+    max_message_bytes: int = 1 << 20  # WebSocket message limit
+    sdk_dir: str = ""  # @flashphoner/websdk folder served at /sdk/; empty: ./node_modules/...
+
+
+@dataclass
+class AuthConfig:
+    token: str = ""  # when set: REST, WHIP and /metrics need "Authorization: Bearer <token>",
+    # the WebSocket API the WCS authToken
+
+
+@dataclass
 class PluginsConfig:
     enabled: list[str] = field(default_factory=list)  # empty: every built-in and installed plugin
     disabled: list[str] = field(default_factory=list)
@@ -85,6 +101,8 @@ class Config:
     streams: StreamsConfig = field(default_factory=StreamsConfig)
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
     rtsp: RtspConfig = field(default_factory=RtspConfig)
+    webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     # Sections no built-in model knows; plugins of the same name read them.
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -197,6 +215,7 @@ def _validate(cfg: Config) -> None:
     positive("rtsp", "stall_timeout_s", 0.5)
     positive("rtsp", "connect_timeout_s", 0.5)
     positive("rtsp", "backoff_max_s", 0.1)
+    positive("webrtc", "max_message_bytes", 4096)
     if cfg.rtmp.chunk_size > 0x7FFFFFFF:
         raise ConfigError(f"[rtmp] chunk_size = {cfg.rtmp.chunk_size!r}: at most 2147483647")
 

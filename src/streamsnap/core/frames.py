@@ -209,6 +209,21 @@ class FrameStore:
                 self._waiters.remove(fut)
         return self.decodable
 
+    async def wait_newer(self, index: int, timeout: float) -> bool:
+        """Wait until a frame newer than ``index`` arrived (or ``timeout`` seconds)."""
+        if self.newest_index > index:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+        return self.newest_index > index
+
     def wake(self) -> None:
         """Wake everything waiting in :meth:`wait_decodable` (new data, or a failure)."""
         if self._waiters:

@@ -35,6 +35,10 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "streamsnap.plugins.rtmp",
     "streamsnap.plugins.rtsp",
     "streamsnap.plugins.storage_local",
+    "streamsnap.plugins.webrtc",
+    "streamsnap.plugins.wcs_websocket",
+    "streamsnap.plugins.whip",
+    "streamsnap.plugins.web",
 )
 
 

@@ -60,8 +60,10 @@ def on_shutdown(app: App) -> Any:
 
 
 @_hookspec
-def on_publish(stream: Stream) -> Any:
+def on_publish(stream: Stream, app: App) -> Any:
     """A stream has started: a publisher connected and announced it, or a pull began.
+
+    ``app`` is the server the stream belongs to (take it only if you need it).
 
     Fires once per publish session, after the stream is registered (so it is findable and its
     ``media_session_id`` is set) and before its first frame. Return value ignored.
@@ -69,8 +71,10 @@ def on_publish(stream: Stream) -> Any:
 
 
 @_hookspec
-def on_unpublish(stream: Stream) -> Any:
+def on_unpublish(stream: Stream, app: App) -> Any:
     """A stream has ended (publisher left, terminated, or failed).
+
+    ``app`` is the server the stream belonged to (take it only if you need it).
 
     Fires once per publish session, after the stream left the registry. Return value ignored.
     """

@@ -1,0 +1,438 @@
+"""The WCS-compatible WebSocket API (``ws_port``, any path): what the Flashphoner WebSDK speaks.
+
+Every message is ``{"message": name, "data": [...]}`` both ways. Implemented: ``connection`` →
+``getUserData``; ``publishStream`` → ``setRemoteSDP`` + PUBLISHING; ``playStream`` →
+``setRemoteSDP`` + PLAYING; ``snapshot`` → ``notifyStreamEvent`` snapshotCompleted (and the
+legacy SNAPSHOT_COMPLETE status) or snapshotFailed; ``unPublishStream`` → UNPUBLISHED;
+``stopStream`` → STOPPED; ``availableStream``; ``sendStreamEvent`` relayed to the stream's
+players; ``ping``. Unknown or malformed messages are logged and ignored; the socket stays open.
+Closing the socket ends everything the session owned; players of a stream that ends get STOPPED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from aiortc import RTCPeerConnection
+
+from ..core.app import App
+from ..core.errors import (
+    InvalidStreamName,
+    SnapshotError,
+    StartupError,
+    StreamNameInUse,
+    StreamNotFound,
+)
+from ..core.snapshot import SnapshotRequest
+from ..core.streams import Stream
+from ..core.supervisor import mask_credentials
+from ..hooks import hookimpl
+from . import webrtc
+
+log = logging.getLogger(__name__)
+
+# STREAM_STATUS_INFO strings of the WebSDK
+NAME_IN_USE = "Stream name is already in use"
+NOT_FOUND = "Stream not found"
+STOPPED_BY_PUBLISHER = "Stopped by publisher stop"
+STOPPED_BY_DISCONNECT = "Stopped by session disconnect"
+
+
+@dataclass(eq=False)
+class Publication:
+    session: WcsSession
+    media_session_id: str
+    stream: Stream
+    pc: RTCPeerConnection | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Player:
+    session: WcsSession
+    media_session_id: str
+    name: str
+    pc: RTCPeerConnection | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class WcsSession:
+    """One WebSocket connection of a WebSDK client."""
+
+    def __init__(self, api: WcsApi, ws: web.WebSocketResponse, peer: str, path: str) -> None:
+        self.api = api
+        self.app = api.app
+        self.ws = ws
+        self.peer = peer
+        self.path = path
+        self.id = str(uuid.uuid4())
+        self.app_key = "defaultApp"
+        self.established = False
+        self.publications: dict[str, Publication] = {}
+        self.players: dict[str, Player] = {}
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: str, *data: Any) -> None:
+        if self.ws.closed:
+            return
+        text = json.dumps({"message": message, "data": list(data)})
+        async with self._send_lock:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.send_str(text)
+
+    async def status(
+        self,
+        media_session_id: str,
+        status: str,
+        *,
+        name: str = "",
+        published: bool = False,
+        info: str = "",
+        **extra: Any,
+    ) -> None:
+        event = {
+            "mediaSessionId": media_session_id,
+            "name": name,
+            "published": published,
+            "hasVideo": True,
+            "hasAudio": False,
+            "record": False,
+            "mediaProvider": "WebRTC",
+            "status": status,
+            **extra,
+        }
+        if info:
+            event["info"] = info
+        await self.send("notifyStreamStatusEvent", event)
+
+    # ---------------------------------------------------------------- dispatch
+    async def handle(self, text: str) -> None:
+        try:
+            envelope = json.loads(text)
+        except ValueError:
+            log.warning(
+                "websocket %s: ignored a message that is not JSON (%d bytes)", self.peer, len(text)
+            )
+            return
+        if not isinstance(envelope, dict) or not isinstance(envelope.get("message"), str):
+            log.warning('websocket %s: ignored a message without a "message" name', self.peer)
+            return
+        name = envelope["message"]
+        data = envelope.get("data")
+        payload = data[0] if isinstance(data, list) and data else None
+        handler = getattr(self, f"on_{name}", None)
+        if handler is None:
+            log.debug("websocket %s: ignored unknown message %r", self.peer, name)
+            return
+        if name != "connection" and not self.established:
+            log.warning("websocket %s: %r before connection: ignored", self.peer, name)
+            return
+        if name not in ("ping", "pong", "connection") and not isinstance(payload, dict):
+            log.warning("websocket %s: %r without an object in data: ignored", self.peer, name)
+            return
+        try:
+            await handler(payload)
+        except Exception:
+            log.exception("websocket %s: %r failed", self.peer, name)
+
+    # ---------------------------------------------------------------- session
+    async def on_connection(self, payload: Any) -> None:
+        payload = payload if isinstance(payload, dict) else {}
+        token = self.app.config.auth.token
+        if token and not hmac.compare_digest(str(payload.get("authToken") or ""), token):
+            log.warning("websocket %s: connection refused: wrong or missing authToken", self.peer)
+            await self.send(
+                "fail", {"apiMethod": "ConnectionStatusEvent", "info": "Authentication failed"}
+            )
+            await self.ws.close(code=4001, message=b"Authentication failed")
+            return
+        self.app_key = str(payload.get("appKey") or "defaultApp")
+        self.established = True
+        reply = {
+            k: v
+            for k, v in payload.items()
+            if k not in ("authToken", "webRTCMetricsServerDescription", "sipPassword")
+        }
+        reply.update(sessionId=self.id, authToken=self.id)
+        await self.send("getUserData", reply)
+
+    async def on_ping(self, payload: Any) -> None:
+        await self.send("pong", None)
+
+    async def on_pong(self, payload: Any) -> None:
+        return None
+
+    # ---------------------------------------------------------------- publish
+    async def on_publishStream(self, p: dict[str, Any]) -> None:
+        msid, name, sdp = p.get("mediaSessionId"), p.get("name"), p.get("sdp")
+        if not isinstance(msid, str) or not msid:
+            log.warning("websocket %s: publishStream without mediaSessionId", self.peer)
+            return
+        if not isinstance(name, str) or not name or not isinstance(sdp, str):
+            await self.status(
+                msid,
+                "FAILED",
+                name=str(name or ""),
+                published=True,
+                info="Stream name and SDP are required",
+            )
+            return
+        stream = self.app.new_stream(
+            name, "webrtc", media_session_id=msid, remote=self.peer, app_name=self.app_key
+        )
+        pub = Publication(self, msid, stream)
+        stream.terminator = lambda reason: self._end_publication(
+            pub, "UNPUBLISHED", reason, unpublish=False
+        )
+        try:
+            self.app.claim(stream)
+        except StreamNameInUse:
+            log.warning("websocket %s: publish of %r refused: name in use", self.peer, name)
+            await self.status(msid, "FAILED", name=name, published=True, info=NAME_IN_USE)
+            return
+        self.publications[msid] = pub
+        try:
+            pub.pc, answer = await self.api.engine.publish(
+                stream, sdp, on_closed=lambda state: self._publisher_gone(pub, state)
+            )
+        except Exception as exc:
+            log.warning("stream %s: WebRTC publish failed: %s", name, exc)
+            self.publications.pop(msid, None)
+            await self.app.unpublish(stream, "SDP negotiation failed")
+            await self.status(msid, "FAILED", name=name, published=True, info="Failed by SDP error")
+            return
+        await self.send("setRemoteSDP", msid, answer)
+        await self.app.announce(stream)
+        await self.status(msid, "PUBLISHING", name=name, published=True)
+
+    async def _publisher_gone(self, pub: Publication, state: str) -> None:
+        if self.publications.get(pub.media_session_id) is pub:
+            await self._end_publication(pub, "FAILED", f"Failed by ICE/DTLS ({state})")
+
+    async def _end_publication(
+        self, pub: Publication, status: str, info: str = "", unpublish: bool = True
+    ) -> None:
+        self.publications.pop(pub.media_session_id, None)
+        if pub.pc is not None:
+            await self.api.engine.close(pub.pc)
+        if unpublish:
+            await self.app.unpublish(pub.stream, info or status.lower())
+        await self.status(
+            pub.media_session_id, status, name=pub.stream.name, published=True, info=info
+        )
+
+    async def on_unPublishStream(self, p: dict[str, Any]) -> None:
+        pub = self.publications.get(str(p.get("mediaSessionId")))
+        if pub is None:
+            log.debug("websocket %s: unPublishStream for an unknown mediaSessionId", self.peer)
+            return
+        await self._end_publication(pub, "UNPUBLISHED")
+
+    # ---------------------------------------------------------------- play
+    async def on_playStream(self, p: dict[str, Any]) -> None:
+        msid, name, sdp = p.get("mediaSessionId"), p.get("name"), p.get("sdp")
+        if not isinstance(msid, str) or not msid:
+            return
+        if not isinstance(name, str) or not name or not isinstance(sdp, str):
+            await self.status(msid, "FAILED", name=str(name or ""), info=NOT_FOUND)
+            return
+        try:
+            stream = await self.app.resolve(name)
+        except (StreamNotFound, InvalidStreamName) as exc:
+            info = NOT_FOUND if isinstance(exc, StreamNotFound) else str(exc)
+            await self.status(msid, "FAILED", name=name, info=info)
+            return
+        player = Player(self, msid, stream.name)
+        self.players[msid] = player
+        self.api.add_player(player)
+        try:
+            player.pc, answer = await self.api.engine.play(
+                stream, sdp, on_closed=lambda state: self._player_gone(player, state)
+            )
+        except Exception as exc:
+            log.warning("stream %s: WebRTC play failed: %s", mask_credentials(name), exc)
+            await self._end_player(player, "FAILED", "Failed by SDP error")
+            return
+        await self.send("setRemoteSDP", msid, answer)
+        await self.status(msid, "PLAYING", name=name)
+
+    async def _player_gone(self, player: Player, state: str) -> None:
+        if self.players.get(player.media_session_id) is player:
+            await self._end_player(player, "FAILED", f"Failed by ICE/DTLS ({state})")
+
+    async def _end_player(self, player: Player, status: str, info: str = "") -> None:
+        self.players.pop(player.media_session_id, None)
+        self.api.remove_player(player)
+        if player.pc is not None:
+            await self.api.engine.close(player.pc)
+        await self.status(player.media_session_id, status, name=player.name, info=info)
+
+    async def on_stopStream(self, p: dict[str, Any]) -> None:
+        player = self.players.get(str(p.get("mediaSessionId")))
+        if player is not None:
+            await self._end_player(player, "STOPPED")
+
+    # ---------------------------------------------------------------- snapshot & co
+    async def on_snapshot(self, p: dict[str, Any]) -> None:
+        msid, name = p.get("mediaSessionId"), p.get("name")
+        if not isinstance(msid, str) or not isinstance(name, str) or not name:
+            log.warning("websocket %s: snapshot without name or mediaSessionId", self.peer)
+            return
+        try:
+            snap = await self.app.snapshot(name, SnapshotRequest(source="websocket"))
+        except (StreamNotFound, InvalidStreamName, SnapshotError) as exc:
+            info = NOT_FOUND if isinstance(exc, StreamNotFound) else str(exc)
+            log.info(
+                "websocket %s: snapshot of %s failed: %s", self.peer, mask_credentials(name), info
+            )
+            await self.send(
+                "notifyStreamEvent",
+                {"mediaSessionId": msid, "type": "snapshotFailed", "payload": {"info": info}},
+            )
+            await self.status(msid, "FAILED", name=name, info=info)
+            return
+        data = snap.base64()
+        await self.send(
+            "notifyStreamEvent",
+            {"mediaSessionId": msid, "type": "snapshotCompleted", "payload": {"snapshot": data}},
+        )
+        await self.status(msid, "SNAPSHOT_COMPLETE", name=name, info=data)
+
+    async def on_availableStream(self, p: dict[str, Any]) -> None:
+        msid, name = p.get("mediaSessionId"), p.get("name")
+        available = isinstance(name, str) and self.app.streams.lookup(name) is not None
+        await self.send(
+            "availableStream",
+            {
+                "id": msid,
+                "status": "true" if available else "false",
+                "info": "" if available else NOT_FOUND,
+            },
+        )
+
+    async def on_sendStreamEvent(self, p: dict[str, Any]) -> None:
+        pub = self.publications.get(str(p.get("mediaSessionId")))
+        if pub is None:
+            return
+        for player in self.api.players_of(pub.stream.name):
+            await player.session.send(
+                "notifyStreamEvent",
+                {
+                    "mediaSessionId": player.media_session_id,
+                    "type": p.get("type"),
+                    "payload": p.get("payload"),
+                },
+            )
+
+    # ---------------------------------------------------------------- end
+    async def close(self) -> None:
+        """The socket closed: end every stream this session published or played."""
+        for pub in list(self.publications.values()):
+            await self._end_publication(pub, "FAILED", STOPPED_BY_DISCONNECT)
+        for player in list(self.players.values()):
+            self.players.pop(player.media_session_id, None)
+            self.api.remove_player(player)
+            if player.pc is not None:
+                await self.api.engine.close(player.pc)
+
+
+class WcsApi:
+    """The WebSocket server on ``ws_port`` and the players of every stream."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.engine = webrtc.engine(app)
+        self.sessions: set[WcsSession] = set()
+        self._players: dict[str, set[Player]] = {}
+        self._runner: web.AppRunner | None = None
+
+    def add_player(self, player: Player) -> None:
+        self._players.setdefault(player.name, set()).add(player)
+
+    def remove_player(self, player: Player) -> None:
+        players = self._players.get(player.name)
+        if players is not None:
+            players.discard(player)
+            if not players:
+                del self._players[player.name]
+
+    def players_of(self, name: str) -> list[Player]:
+        return list(self._players.get(name, ()))
+
+    async def stream_ended(self, stream: Stream) -> None:
+        for player in self.players_of(stream.name):
+            await player.session._end_player(player, "STOPPED", STOPPED_BY_PUBLISHER)
+
+    async def handler(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(
+            max_msg_size=self.app.config.webrtc.max_message_bytes, heartbeat=30.0
+        )
+        await ws.prepare(request)
+        peer = request.remote or "?"
+        session = WcsSession(self, ws, peer, request.path)
+        self.sessions.add(session)
+        log.info("websocket %s: connected (path %s)", peer, request.path)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await session.handle(msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    log.warning("websocket %s: %s", peer, ws.exception())
+                    break
+        finally:
+            self.sessions.discard(session)
+            await session.close()
+            log.info("websocket %s: closed (%s)", peer, ws.close_code)
+        return ws
+
+    async def start(self) -> None:
+        http = web.Application()
+        http.router.add_get("/{path:.*}", self.handler)
+        self._runner = web.AppRunner(http, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        srv = self.app.config.server
+        site = web.TCPSite(self._runner, srv.host, srv.ws_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise StartupError(
+                f"cannot listen on {srv.host}:{srv.ws_port} (ws_port): {exc.strerror or exc}"
+            ) from exc
+        sockets = getattr(site._server, "sockets", None) or []
+        self.app.ports["ws"] = sockets[0].getsockname()[1] if sockets else srv.ws_port
+
+    async def stop(self) -> None:
+        for session in list(self.sessions):
+            await session.ws.close(code=1001, message=b"server shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@hookimpl
+async def on_startup(app: App) -> None:
+    api = WcsApi(app)
+    app.state["wcs_websocket"] = api
+    await api.start()
+
+
+@hookimpl
+async def on_shutdown(app: App) -> None:
+    api = app.state.pop("wcs_websocket", None)
+    if api is not None:
+        await api.stop()
+
+
+@hookimpl
+async def on_unpublish(app: App, stream: Stream) -> None:
+    api = app.state.get("wcs_websocket")
+    if api is not None:
+        await api.stream_ended(stream)

@@ -1,0 +1,129 @@
+"""WHIP ingest (RFC 9725): ``POST /whip/NAME`` with an SDP offer publishes stream NAME.
+
+201 Created with the SDP answer (ICE candidates inline) and ``Location`` of the session
+resource; ``DELETE`` on that location ends the publish. Trickle ICE is not supported: PATCH is
+answered 405, as the RFC allows. With ``[auth] token`` set, requests need
+``Authorization: Bearer <token>`` (checked for every HTTP API by the core).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiortc import RTCPeerConnection
+
+from ..core.app import APP_KEY, App
+from ..core.errors import StreamNameInUse
+from ..core.streams import Stream
+from ..hooks import hookimpl
+from . import webrtc
+
+log = logging.getLogger(__name__)
+
+MAX_OFFER_BYTES = 64 * 1024
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, DELETE, PATCH, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, ETag, Link",
+}
+
+
+@dataclass(eq=False)
+class WhipSession:
+    id: str
+    stream: Stream
+    pc: RTCPeerConnection | None = None
+
+
+def _sessions(app: App) -> dict[str, WhipSession]:
+    return app.state.setdefault("whip_sessions", {})
+
+
+def _problem(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n", headers=CORS)
+
+
+async def publish(request: web.Request) -> web.Response:
+    app = request.app[APP_KEY]
+    name = request.match_info["name"]
+    if request.content_type != "application/sdp":
+        return _problem(415, "WHIP offers must be sent as application/sdp")
+    if (request.content_length or 0) > MAX_OFFER_BYTES:
+        return _problem(413, f"SDP offer larger than {MAX_OFFER_BYTES} bytes")
+    offer = (await request.content.read(MAX_OFFER_BYTES + 1)).decode("utf-8", "replace")
+    if len(offer) > MAX_OFFER_BYTES or not offer.startswith("v=0"):
+        return _problem(400, "the body is not an SDP offer")
+    session = WhipSession(
+        str(uuid.uuid4()), app.new_stream(name, "whip", remote=request.remote or "")
+    )
+    sessions = _sessions(app)
+
+    async def end(reason: str) -> None:
+        if sessions.pop(session.id, None) is not None:
+            if session.pc is not None:
+                await webrtc.engine(app).close(session.pc)
+            await app.unpublish(session.stream, reason)
+
+    session.stream.terminator = end
+    try:
+        app.claim(session.stream)
+    except StreamNameInUse:
+        return _problem(409, f"stream {name!r} is already published")
+    sessions[session.id] = session
+    try:
+        session.pc, answer = await webrtc.engine(app).publish(
+            session.stream, offer, on_closed=lambda state: end(f"WebRTC {state}")
+        )
+    except Exception as exc:
+        await end("SDP negotiation failed")
+        return _problem(400, f"cannot answer this offer: {exc}")
+    await app.announce(session.stream)
+    location = f"/whip/{name}/{session.id}"
+    return web.Response(
+        status=201,
+        text=answer,
+        content_type="application/sdp",
+        headers={**CORS, "Location": location, "ETag": f'"{session.id}"'},
+    )
+
+
+async def delete(request: web.Request) -> web.Response:
+    app = request.app[APP_KEY]
+    session = _sessions(app).get(request.match_info["session"])
+    if session is None or session.stream.name != request.match_info["name"]:
+        return _problem(404, "no such WHIP session")
+    await app.terminate(session.stream, "WHIP DELETE")
+    return web.Response(status=200, headers=CORS)
+
+
+async def patch(request: web.Request) -> web.Response:
+    return web.Response(
+        status=405,
+        headers={**CORS, "Allow": "DELETE"},
+        text="trickle ICE is not supported: candidates are in the answer\n",
+    )
+
+
+async def options(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={**CORS, "Accept-Post": "application/sdp"})
+
+
+@hookimpl
+def register_routes(app: App) -> list[web.RouteDef]:
+    return [
+        web.post("/whip/{name}", publish),
+        web.options("/whip/{name}", options),
+        web.delete("/whip/{name}/{session}", delete),
+        web.patch("/whip/{name}/{session}", patch),
+        web.options("/whip/{name}/{session}", options),
+    ]
+
+
+@hookimpl
+async def on_shutdown(app: App) -> None:
+    for session in list(_sessions(app).values()):
+        await app.terminate(session.stream, "server shutting down")
