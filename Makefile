@@ -28,7 +28,7 @@ $(VENV)/.test-installed: $(VENV)/.installed
 	$(PIP) install -e '.[test]'
 	touch $@
 
-test-deps: $(VENV)/.test-installed
+test-deps: $(VENV)/.test-installed node_modules/.installed
 	scripts/install-system-deps.sh test
 
 test: test-deps

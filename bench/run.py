@@ -377,6 +377,108 @@ def bench_rtsp(
     return out
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+WEBRTC_JS = """async ([wsUrl, name, rounds]) => {
+    const S = Flashphoner.constants.SESSION_STATUS, T = Flashphoner.constants.STREAM_STATUS;
+    const session = await new Promise((ok, fail) => Flashphoner.createSession({urlServer: wsUrl})
+        .on(S.ESTABLISHED, ok).on(S.FAILED, fail));
+    const display = document.createElement('div');
+    document.body.appendChild(display);
+    const t0 = performance.now();
+    await new Promise((ok, fail) => session.createStream({name, display, receiveVideo: false,
+        receiveAudio: false}).on(T.PUBLISHING, ok).on(T.FAILED, fail).publish());
+    const published = performance.now() - t0;
+    const snap = () => new Promise((ok) => {
+        const t = performance.now();
+        session.createStream({name}).on('STREAM_EVENT', (e) => ok([e.type, performance.now() - t]))
+            .snapshot();
+    });
+    let first = null;
+    while (first === null && performance.now() - t0 < 20000) {
+        const [type] = await snap();
+        if (type === 'snapshotCompleted') first = performance.now() - t0;
+    }
+    const lat = [];
+    for (let i = 0; i < rounds; i++) {
+        await new Promise((r) => setTimeout(r, 100 + Math.random() * 400));
+        const [type, ms] = await snap();
+        if (type === 'snapshotCompleted') lat.push(ms);
+    }
+    window.benchSession = session;
+    return {published, first, lat};
+}"""
+
+
+def bench_webrtc(server: ServerProcess, rounds: int, window: float) -> dict:
+    """A browser publishing 720p through the WebSDK: time to PUBLISHING, to the first snapshot,
+    WebSocket snapshot latency; server CPU and memory per WebRTC publisher."""
+    from tests.helpers.browser import browser_available, chromium, make_y4m
+
+    status = server.request("GET", "/sdk/flashphoner.js")[0]
+    if not browser_available() or status != 200:
+        log("chromium, playwright or the WebSDK missing: WebRTC benchmark skipped")
+        return {}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-webrtc-"))
+    y4m = make_y4m(tmp / "cam.y4m", 1280, 720)
+    out: dict = {}
+    pid = server.proc.pid
+    try:
+        with chromium(tmp, y4m) as browser:
+            page = browser.new_page()
+            page.goto(server.http + "/pages/stream-snapshot.html")
+            log(f"WebRTC: browser publishes 720p; {rounds} snapshots over the WebSocket API")
+            ws = f"ws://127.0.0.1:{server.ports['ws']}"
+            c_before = cpu_seconds(pid)
+            time.sleep(2)
+            base = (cpu_seconds(pid) - c_before) / 2
+            result = page.evaluate(WEBRTC_JS, [ws, "benchrtc", rounds])
+            out.update(publish_ms=result["published"], first_snapshot_ms=result["first"],
+                       ws_snapshot_ms=result["lat"])
+            info = server.wait_stream("benchrtc")
+            out["size"] = f"{info['width']}x{info['height']}"
+            out["codec"] = info["videoCodec"]
+            time.sleep(3)
+            rss0 = rss_mib(pid)
+            c0, t0 = cpu_seconds(pid), time.monotonic()
+            time.sleep(window)
+            used = (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+            out["cpu_pct"] = (used - base) * 100
+            out["rss_growth_mib"] = rss_mib(pid) - rss0
+            out["window_s"] = window
+            info = server.wait_stream("benchrtc")
+            out["size_end"] = f"{info['width']}x{info['height']}"
+            log(f"WebRTC: {out['cpu_pct']:.1f} % of a core for one {out['size_end']} "
+                f"{out['codec']} publisher, RSS {out['rss_growth_mib']:+.1f} MiB in {window:.0f} s")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def webrtc_section(w: dict) -> str:
+    if not w:
+        return "## WebRTC\nSkipped: Chromium, Playwright or the WebSDK not installed.\n"
+    lat = w["ws_snapshot_ms"]
+    return f"""## WebRTC (browser through the WCS WebSocket API)
+Headless Chromium with a fake 1280x720 camera, the real WebSDK (`flashphoner.js`) on
+streamsnap's page, everything on 127.0.0.1. The browser encodes {w["codec"]} and adapts its
+resolution to its bandwidth estimate (it sent {w["size"]} at first, {w["size_end"]} later).
+
+| measure | value |
+|---|---|
+| `publishStream` → PUBLISHING | {w["publish_ms"]:.0f} ms |
+| `publishStream` → first snapshot available | {w["first_snapshot_ms"]:.0f} ms |
+| snapshot over the WebSocket (`stream.snapshot()` → `snapshotCompleted`), p50 / p99, n={len(lat)} | {statistics.median(lat):.0f} / {percentile(lat, 99):.0f} ms |
+| server CPU per WebRTC publisher (aiortc: SRTP, depacketizing, decoding every frame) | {w["cpu_pct"]:.1f} % of a core |
+| server memory growth over {w["window_s"]:.0f} s of publishing | {w["rss_growth_mib"]:+.1f} MiB |
+"""
+
+
 def machine() -> dict:
     model = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -422,7 +524,8 @@ Cost of keeping 720p30 cameras pulled with no snapshots: {idle["cameras"]} camer
 """
 
 
-def summarize(lat: dict, idle: dict, rtsp: dict, info: dict, argv: list[str]) -> str:
+def summarize(lat: dict, idle: dict, rtsp: dict, webrtc: dict, info: dict, argv: list[str]
+              ) -> str:
     rows = []
     for size, r in lat.items():
         rest = r["rest_ms"]
@@ -477,6 +580,7 @@ nginx-rtmp, a C server that only relays packets, is the floor for "keeping packe
 {chr(10).join(idle_rows)}
 
 {rtsp_section(rtsp)}
+{webrtc_section(webrtc)}
 ## What limits
 - Lazy decode: a snapshot decodes every frame since the last keyframe the stream's decoder has
   not seen yet (at most one GOP: 60 frames here), then converts to RGB and writes PNG (fpng,
@@ -501,7 +605,7 @@ def main() -> int:
     parser.add_argument("--idle-streams", type=int, default=10)
     parser.add_argument(
         "--only",
-        choices=["rtmp", "rtsp"],
+        choices=["rtmp", "rtsp", "webrtc"],
         help="run one part; the other part's numbers come from the last bench/out/results.json",
     )
     args = parser.parse_args()
@@ -515,7 +619,7 @@ def main() -> int:
         "rtsp": previous.get("rtsp", {}),
     }
     nginx = None
-    if args.only != "rtsp":
+    if args.only in (None, "rtmp"):
         nginx = Nginx() if NGINX_MODULE.exists() and shutil.which("nginx") else None
         if nginx is None:
             log("nginx-rtmp not installed: anchors skipped (scripts/install-system-deps.sh bench)")
@@ -530,16 +634,19 @@ def main() -> int:
             "log_level": "INFO",
         },
         rtsp={"idle_timeout_s": 10},
+        webrtc={"ice_addresses": ["127.0.0.1"]},
     )
     server = ServerProcess(config, cwd=work).start()
     try:
-        if args.only != "rtsp":
+        if args.only in (None, "rtmp"):
             results["latency"] = bench_latency(
                 server, nginx, ["1280x720", "1920x1080"], n_rest, n_cli
             )
             results["idle"] = bench_idle(server, nginx, args.idle_streams, window)
-        if args.only != "rtmp":
+        if args.only in (None, "rtsp"):
             results["rtsp"] = bench_rtsp(server, n_cli, n_rest, args.idle_streams, window)
+        if args.only in (None, "webrtc"):
+            results["webrtc"] = bench_webrtc(server, n_rest, window)
     finally:
         server.stop()
         if nginx:
