@@ -438,8 +438,11 @@ def bench_webrtc(server: ServerProcess, rounds: int, window: float) -> dict:
             time.sleep(2)
             base = (cpu_seconds(pid) - c_before) / 2
             result = page.evaluate(WEBRTC_JS, [ws, "benchrtc", rounds])
-            out.update(publish_ms=result["published"], first_snapshot_ms=result["first"],
-                       ws_snapshot_ms=result["lat"])
+            out.update(
+                publish_ms=result["published"],
+                first_snapshot_ms=result["first"],
+                ws_snapshot_ms=result["lat"],
+            )
             info = server.wait_stream("benchrtc")
             out["size"] = f"{info['width']}x{info['height']}"
             out["codec"] = info["videoCodec"]
@@ -453,8 +456,10 @@ def bench_webrtc(server: ServerProcess, rounds: int, window: float) -> dict:
             out["window_s"] = window
             info = server.wait_stream("benchrtc")
             out["size_end"] = f"{info['width']}x{info['height']}"
-            log(f"WebRTC: {out['cpu_pct']:.1f} % of a core for one {out['size_end']} "
-                f"{out['codec']} publisher, RSS {out['rss_growth_mib']:+.1f} MiB in {window:.0f} s")
+            log(
+                f"WebRTC: {out['cpu_pct']:.1f} % of a core for one {out['size_end']} "
+                f"{out['codec']} publisher, RSS {out['rss_growth_mib']:+.1f} MiB in {window:.0f} s"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -524,8 +529,7 @@ Cost of keeping 720p30 cameras pulled with no snapshots: {idle["cameras"]} camer
 """
 
 
-def summarize(lat: dict, idle: dict, rtsp: dict, webrtc: dict, info: dict, argv: list[str]
-              ) -> str:
+def summarize(lat: dict, idle: dict, rtsp: dict, webrtc: dict, info: dict, argv: list[str]) -> str:
     rows = []
     for size, r in lat.items():
         rest = r["rest_ms"]

@@ -200,3 +200,33 @@ def test_streamsnap_stream_snapshot_page(webrtc_server, tmp_path):
         wait_text(page, "#status", "UNPUBLISHED")
         page.goto(srv.http + "/pages/two-way-streaming.html")
         assert page.input_value("#urlServer") == f"ws://127.0.0.1:{srv.ports['ws']}"
+
+
+def test_browser_plays_an_rtmp_stream(webrtc_server, tmp_path):
+    """An RTMP-published stream played over WebRTC (re-encoded by aiortc)."""
+    srv = webrtc_server
+    pub = ffmpeg_testsrc(srv.rtmp_url("rtmpplay"), size="640x360")
+    try:
+        srv.wait_stream("rtmpplay", frames=5)
+        with chromium(tmp_path) as browser:
+            page = browser.new_page()
+            page.goto(srv.http + TWO_WAY_PAGE)
+            page.fill("#urlServer", f"ws://127.0.0.1:{srv.ports['ws']}")
+            page.click("#connectBtn")
+            wait_text(page, "#connectStatus", "ESTABLISHED")
+            page.fill("#playStream", "rtmpplay")
+            page.click("#playBtn")
+            wait_text(page, "#playStatus", "PLAYING")
+            page.wait_for_function(
+                "(() => { const v = document.querySelector('#remoteVideo video');"
+                " return v && v.videoWidth > 0 && v.currentTime > 1; })()",
+                timeout=20_000,
+            )
+            page.click("#playBtn")  # Stop
+            wait_text(page, "#playStatus", "STOPPED")
+            page.fill("#playStream", "no-such-stream")
+            page.click("#playBtn")
+            wait_text(page, "#playStatus", "FAILED")
+            assert "Stream not found" in page.inner_text("#playInfo")
+    finally:
+        pub.stop()

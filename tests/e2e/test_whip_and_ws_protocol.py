@@ -263,3 +263,48 @@ def test_websocket_ten_megabyte_frame_closes_only_that_socket(webrtc_server):
     srv.wait_log(r"websocket .*: Message size 10485760 exceeds limit")
     again = asyncio.run(_ws_exchange(url, [{"message": "connection", "data": [{}]}], expect=1))
     assert again[0]["message"] == "getUserData"
+
+
+def test_tls_https_and_wss(make_server, tmp_path):
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    srv = make_server(
+        server={"https_port": 0, "wss_port": 0, "tls_cert": str(cert), "tls_key": str(key)}
+    )
+    ctx = ssl.create_default_context(cafile=str(cert))
+    ctx.check_hostname = False
+
+    async def check() -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                f"https://127.0.0.1:{srv.ports['https']}/healthz", ssl=ctx
+            ) as resp:
+                status = resp.status
+            async with session.ws_connect(f"wss://127.0.0.1:{srv.ports['wss']}/x", ssl=ctx) as ws:
+                await ws.send_str(json.dumps({"message": "connection", "data": [{}]}))
+                reply = json.loads((await ws.receive()).data)
+        return status, reply["message"]
+
+    assert asyncio.run(check()) == (200, "getUserData")

@@ -11,6 +11,7 @@ import inspect
 import logging
 import os
 import signal
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -48,6 +49,7 @@ class App:
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._frame_impls: list[Any] | None = None
+        self._tls: ssl.SSLContext | None = None
         self._warn_unknown_sections()
 
     def _warn_unknown_sections(self) -> None:
@@ -82,6 +84,20 @@ class App:
                 f"cannot listen on {srv.host}:{srv.http_port} (http_port): {exc.strerror or exc}"
             ) from exc
         self.ports["http"] = _bound_port(site)
+        tls = self.tls_context()
+        if tls is not None:
+            secure = web.TCPSite(
+                self._runner, srv.host, srv.https_port, ssl_context=tls, reuse_address=True
+            )
+            try:
+                await secure.start()
+            except OSError as exc:
+                await self._runner.cleanup()
+                raise StartupError(
+                    f"cannot listen on {srv.host}:{srv.https_port} "
+                    f"(https_port): {exc.strerror or exc}"
+                ) from exc
+            self.ports["https"] = _bound_port(secure)
         for name, result in self.pm.broadcast("on_startup", app=self):
             if inspect.isawaitable(result):
                 try:
@@ -92,6 +108,22 @@ class App:
                 except Exception:
                     log.exception("plugin %s failed in on_startup (left out)", name)
         log.info("streamsnap ready: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server TLS context when ``[server] tls_cert``/``tls_key`` are set."""
+        srv = self.config.server
+        if not srv.tls_cert:
+            return None
+        if self._tls is None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                ctx.load_cert_chain(srv.tls_cert, srv.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise StartupError(
+                    f"[server] tls_cert/tls_key ({srv.tls_cert}, {srv.tls_key}): {exc}"
+                ) from exc
+            self._tls = ctx
+        return self._tls
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:

@@ -28,6 +28,10 @@ class ServerConfig:
     http_port: int = 8081
     ws_port: int = 8080
     rtmp_port: int = 1935
+    https_port: int = 8444  # REST and pages over TLS, when tls_cert and tls_key are set
+    wss_port: int = 8443  # the WebSocket API over TLS, when tls_cert and tls_key are set
+    tls_cert: str = ""  # PEM certificate (chain) file
+    tls_key: str = ""  # PEM private key file
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_timeout_s: float = 10.0
 
@@ -195,7 +199,9 @@ def _validate(cfg: Config) -> None:
         if value < minimum:
             raise ConfigError(f"[{section}] {key} = {value!r}: must be at least {minimum}")
 
-    for key in ("http_port", "ws_port", "rtmp_port"):
+    if bool(cfg.server.tls_cert) != bool(cfg.server.tls_key):
+        raise ConfigError("[server] tls_cert and tls_key must be set together")
+    for key in ("http_port", "ws_port", "rtmp_port", "https_port", "wss_port"):
         port = getattr(cfg.server, key)
         if not 0 <= port <= 65535:
             raise ConfigError(f"[server] {key} = {port!r}: must be a TCP port (0-65535)")

@@ -409,6 +409,20 @@ class WcsApi:
             ) from exc
         sockets = getattr(site._server, "sockets", None) or []
         self.app.ports["ws"] = sockets[0].getsockname()[1] if sockets else srv.ws_port
+        tls = self.app.tls_context()
+        if tls is not None:
+            secure = web.TCPSite(
+                self._runner, srv.host, srv.wss_port, ssl_context=tls, reuse_address=True
+            )
+            try:
+                await secure.start()
+            except OSError as exc:
+                await self._runner.cleanup()
+                raise StartupError(
+                    f"cannot listen on {srv.host}:{srv.wss_port} (wss_port): {exc.strerror or exc}"
+                ) from exc
+            sockets = getattr(secure._server, "sockets", None) or []
+            self.app.ports["wss"] = sockets[0].getsockname()[1] if sockets else srv.wss_port
 
     async def stop(self) -> None:
         for session in list(self.sessions):

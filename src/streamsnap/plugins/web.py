@@ -39,7 +39,8 @@ def find_sdk(configured: str) -> Path | None:
 async def client_config(request: web.Request) -> web.Response:
     """What the pages need to know: where the WebSocket API listens."""
     app = request.app[APP_KEY]
-    body = "window.STREAMSNAP = " + json.dumps({"wsPort": app.ports.get("ws")}) + ";\n"
+    ports = {"wsPort": app.ports.get("ws"), "wssPort": app.ports.get("wss")}
+    body = "window.STREAMSNAP = " + json.dumps(ports) + ";\n"
     return web.Response(
         text=body, content_type="application/javascript", headers={"Cache-Control": "no-store"}
     )

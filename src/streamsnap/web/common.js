@@ -1,8 +1,8 @@
 // Shared by streamsnap's pages: the WebSocket URL of this server, and status display.
 "use strict";
 function streamsnapWsUrl() {
-  var scheme = location.protocol === "https:" ? "wss://" : "ws://";
-  var port = (window.STREAMSNAP && window.STREAMSNAP.wsPort) || 8080;
-  return scheme + location.hostname + ":" + port;
+  var cfg = window.STREAMSNAP || {};
+  if (location.protocol === "https:") return "wss://" + location.hostname + ":" + (cfg.wssPort || 8443);
+  return "ws://" + location.hostname + ":" + (cfg.wsPort || 8080);
 }
 function setText(id, text) { document.getElementById(id).textContent = text || ""; }
