@@ -108,6 +108,11 @@ class ServerProcess:
                 return resp.status, resp.read(), dict(resp.headers)
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read(), dict(exc.headers)
+        except urllib.error.URLError:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"the server exited with {self.proc.returncode}:\n{self.log}") from None
+            raise
 
     def snapshot(self, name: str, timeout: float = 15.0) -> tuple[int, Any]:
         status, raw, _ = self.request(

@@ -48,14 +48,14 @@ class App:
         self.web: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._frame_impls: list[Any] | None = None
+        self._frame_impls: list[tuple[Any, list[int]]] | None = None
         self._tls: ssl.SSLContext | None = None
-        self._warn_unknown_sections()
+        self.storage: dict[str, Any] = {}  # active storage backends by name
 
     def _warn_unknown_sections(self) -> None:
-        plugin_names = {name for name, _ in self.pm.list_name_plugin()}
+        known = {name for name, _ in self.pm.list_name_plugin()} | set(self.backends.factories)
         for section in self.config.extra:
-            if section not in plugin_names:
+            if section not in known:
                 log.warning(
                     "config %s: unknown section [%s] (no plugin of that name is loaded)",
                     self.config.source,
@@ -65,6 +65,20 @@ class App:
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         self.backends.collect(self.pm)
+        self._warn_unknown_sections()
+        for name in self.config.storage.backends:
+            factory = self.backends.factories.get(name)
+            if factory is None:
+                raise StartupError(
+                    f"[storage] backends names {name!r}, which no plugin registered "
+                    f"(known: {', '.join(sorted(self.backends.factories)) or 'none'})"
+                )
+            try:
+                self.storage[name] = factory(self.config.section(name))
+            except Exception as exc:
+                raise StartupError(
+                    f"storage backend {name!r} (plugin {self.backends.owners[name]!r}): {exc}"
+                ) from exc
         self.web = web.Application(client_max_size=1 << 20, middlewares=[self._auth])
         self.web[APP_KEY] = self
         for name, routes in self.pm.broadcast("register_routes", app=self):
@@ -161,6 +175,15 @@ class App:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for name, backend in self.storage.items():
+            close = getattr(backend, "close", None)
+            if close is not None:
+                try:
+                    result = close()
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("storage backend %s failed to close", name)
         for task in list(self._tasks):
             task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -226,14 +249,18 @@ class App:
     def frame(self, stream: Stream, handle: FrameHandle) -> None:
         """Tell the plugins a video frame arrived (hot path: no work unless someone listens)."""
         if self._frame_impls is None:
+            order = ("stream", "frame", "app")
             self._frame_impls = [
-                i
+                (i, [order.index(a) for a in i.argnames])
                 for i in reversed(self.pm.hook.on_frame.get_hookimpls())
                 if not (i.hookwrapper or i.wrapper)
             ]
-        for impl in self._frame_impls:
+        if not self._frame_impls:
+            return
+        args = (stream, handle, self)
+        for impl, positions in self._frame_impls:
             try:
-                result = impl.function(stream, handle)
+                result = impl.function(*[args[p] for p in positions])
             except Exception:
                 log.exception(
                     "plugin %s failed in on_frame (stream %s)", impl.plugin_name, stream.name
@@ -275,8 +302,17 @@ class App:
         return await self.snapshots.take(stream, request, is_live=self.is_live)
 
     async def snapshot_saved(self, stream: Stream | None, path: str) -> None:
-        """A complete snapshot file exists at ``path``: tell the plugins (once per file)."""
+        """A complete snapshot file exists at ``path``: tell the plugins (once per file) and
+        hand it to every active storage backend."""
+        for name, backend in self.storage.items():
+            self.spawn(self._store(name, backend, stream, path), name=f"store:{name}")
         await self.pm.abroadcast("on_snapshot_saved", stream=stream, path=path)
+
+    async def _store(self, name: str, backend: Any, stream: Stream | None, path: str) -> None:
+        try:
+            await backend.store(stream, path)
+        except Exception:
+            log.exception("storage backend %s failed to store %s", name, path)
 
 
 def _bound_port(site: web.TCPSite) -> int:

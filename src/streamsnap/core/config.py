@@ -45,6 +45,9 @@ class SnapshotConfig:
     snapshot_auto_naming: Literal["mediaSessionId", "streamName"] = "mediaSessionId"
     snapshot_auto_rate: int = 30
     snapshot_auto_retention: int = 20
+    snapshot_auto_format: Literal["png", "jpeg", "webp"] = "png"  # beyond WCS: JPEG/WebP files
+    # beyond WCS: per-stream settings, e.g. [{ name = "gate", rate = 10, format = "jpeg" }]
+    snapshot_auto_streams: list[dict[str, Any]] = field(default_factory=list)
     png_encoder: Literal["auto", "fpng", "pillow"] = "auto"
     workers: int = 0  # decode/encode threads; 0 = one per core
 
@@ -87,6 +90,16 @@ class WebRtcConfig:
 
 
 @dataclass
+class StorageConfig:
+    backends: list[str] = field(default_factory=list)  # e.g. ["local", "s3"]; settings in [name]
+
+
+@dataclass
+class FolderWatchConfig:
+    dirs: list[str] = field(default_factory=list)  # watched besides snapshot_auto_dir
+
+
+@dataclass
 class AuthConfig:
     token: str = ""  # when set: REST, WHIP and /metrics need "Authorization: Bearer <token>",
     # the WebSocket API the WCS authToken
@@ -107,6 +120,8 @@ class Config:
     rtsp: RtspConfig = field(default_factory=RtspConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    folder_watch: FolderWatchConfig = field(default_factory=FolderWatchConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     # Sections no built-in model knows; plugins of the same name read them.
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)

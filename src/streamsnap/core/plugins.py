@@ -35,6 +35,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "streamsnap.plugins.rtmp",
     "streamsnap.plugins.rtsp",
     "streamsnap.plugins.storage_local",
+    "streamsnap.plugins.auto_snapshot",
+    "streamsnap.plugins.folder_watch",
     "streamsnap.plugins.webrtc",
     "streamsnap.plugins.wcs_websocket",
     "streamsnap.plugins.whip",

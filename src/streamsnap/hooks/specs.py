@@ -81,8 +81,8 @@ def on_unpublish(stream: Stream, app: App) -> Any:
 
 
 @_hookspec
-def on_frame(stream: Stream, frame: FrameHandle) -> None:
-    """A video frame (access unit) of ``stream`` arrived.
+def on_frame(stream: Stream, frame: FrameHandle, app: App) -> None:
+    """A video frame (access unit) of ``stream`` arrived (``app``: take it only if needed).
 
     Fires for every video frame, on the event loop, so it must be cheap and must not block.
     ``frame`` is a light handle (``index``, ``pts``, ``keyframe``, ``size``); it holds no pixels.

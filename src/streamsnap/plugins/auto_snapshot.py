@@ -1,0 +1,221 @@
+"""Automatic snapshots, as WCS takes them: every ``snapshot_auto_rate``-th video frame of every
+stream is written to ``snapshot_auto_dir/<mediaSessionId or streamName>/``.
+
+File names end in their sequence number (``cam1_00000042.png``); numbering continues when a
+stream of the same name is published again, also after a restart (the folder is the memory);
+only the newest ``snapshot_auto_retention`` numbered files of the stream stay. A file appears
+whole or not at all (temporary name, fsync, rename). Writing runs in the worker pool, never on
+the event loop; a stream whose previous snapshot is still being written skips a turn instead of
+queueing. A full or read-only disk is logged once per stream, counted, and stops nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.app import App
+from ..core.errors import SnapshotError
+from ..core.frames import FrameHandle
+from ..core.names import safe_name
+from ..core.snapshot import SnapshotRequest
+from ..core.streams import Stream
+from ..hooks import hookimpl
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+
+@dataclass
+class Target:
+    """Where and how one stream's snapshots are written."""
+
+    stream: Stream
+    folder: Path
+    prefix: str
+    rate: int
+    format: str
+    retention: int
+    next_seq: int = 1
+    kept: deque[int] = field(default_factory=deque)  # sequence numbers on disk, oldest first
+    failing: bool = False  # an error was logged for this stream; log again once it recovers
+    busy: bool = False
+
+    def path(self, seq: int) -> Path:
+        return self.folder / f"{self.prefix}_{seq:08d}.{EXTENSIONS[self.format]}"
+
+
+@dataclass
+class Stats:
+    written: int = 0
+    skipped: int = 0  # turns skipped because the previous write was still running
+    errors: int = 0
+
+
+class AutoSnapshotter:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.config = app.config.snapshot
+        self.root = Path(self.config.snapshot_auto_dir)
+        self.targets: dict[str, Target] = {}  # by mediaSessionId
+        self.stats = Stats()
+        self.overrides = {
+            str(o.get("name")): o for o in self.config.snapshot_auto_streams if "name" in o
+        }
+
+    def folder_stream(self, folder_name: str) -> Stream | None:
+        """The live stream whose snapshots go to ``folder_name`` (for the folder watcher)."""
+        for target in self.targets.values():
+            if target.folder.name == folder_name:
+                return target.stream
+        return None
+
+    async def publish(self, stream: Stream) -> None:
+        cfg = self.config
+        override = self.overrides.get(stream.name, {})
+        if not override.get("enabled", cfg.snapshot_auto_enabled):
+            return
+        naming = override.get("naming", cfg.snapshot_auto_naming)
+        folder_name = safe_name(
+            stream.media_session_id if naming == "mediaSessionId" else stream.name
+        )
+        target = Target(
+            stream=stream,
+            folder=self.root / folder_name,
+            prefix=safe_name(stream.name),
+            rate=max(1, int(override.get("rate", cfg.snapshot_auto_rate))),
+            format=str(override.get("format", cfg.snapshot_auto_format)),
+            retention=max(1, int(override.get("retention", cfg.snapshot_auto_retention))),
+        )
+        if target.format not in EXTENSIONS:
+            log.error(
+                "stream %s: auto-snapshot format %r is not png, jpeg or webp; using png",
+                stream.name,
+                target.format,
+            )
+            target.format = "png"
+        loop = asyncio.get_running_loop()
+        existing = await loop.run_in_executor(self.app.executor, self._scan, target)
+        target.kept.extend(existing)
+        target.next_seq = (existing[-1] + 1) if existing else 1
+        self.targets[stream.media_session_id] = target
+        log.info(
+            "stream %s: auto-snapshots every %d frames into %s (next number %d)",
+            stream.name,
+            target.rate,
+            target.folder,
+            target.next_seq,
+        )
+
+    def unpublish(self, stream: Stream) -> None:
+        self.targets.pop(stream.media_session_id, None)
+
+    @staticmethod
+    def _scan(target: Target) -> list[int]:
+        pattern = re.compile(rf"^{re.escape(target.prefix)}_(\d+)\.(png|jpg|webp)$")
+        try:
+            names = os.listdir(target.folder)
+        except OSError:
+            return []
+        return sorted(int(m.group(1)) for n in names if (m := pattern.match(n)))
+
+    def frame(self, stream: Stream, frame: FrameHandle) -> None:
+        target = self.targets.get(stream.media_session_id)
+        if target is None or (frame.index + 1) % target.rate:
+            return
+        if target.busy:
+            self.stats.skipped += 1
+            return
+        target.busy = True
+        self.app.spawn(self._take(target), name=f"auto-snapshot:{stream.name}")
+
+    async def _take(self, target: Target) -> None:
+        try:
+            snap = await self.app.snapshots.take(
+                target.stream,
+                SnapshotRequest(format=target.format, source="auto"),  # type: ignore[arg-type]
+                is_live=self.app.is_live,
+            )
+            seq = target.next_seq
+            target.next_seq += 1
+            await asyncio.get_running_loop().run_in_executor(
+                self.app.executor, self._write, target, seq, snap.data
+            )
+        except SnapshotError as exc:
+            log.debug("stream %s: no auto-snapshot this turn: %s", target.stream.name, exc)
+        except Exception:
+            log.exception("stream %s: auto-snapshot failed", target.stream.name)
+        finally:
+            target.busy = False
+
+    def _write(self, target: Target, seq: int, data: bytes) -> None:
+        """Worker thread: write ``data`` as number ``seq`` atomically, then apply retention."""
+        final = target.path(seq)
+        tmp = final.with_name(f".{final.name}.tmp")
+        try:
+            target.folder.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except OSError as exc:
+            self.stats.errors += 1
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if not target.failing:
+                target.failing = True
+                log.error(
+                    "stream %s: cannot write snapshots to %s: %s (further failures are "
+                    "counted, not logged)",
+                    target.stream.name,
+                    target.folder,
+                    exc.strerror or exc,
+                )
+            return
+        if target.failing:
+            target.failing = False
+            log.info("stream %s: writing snapshots to %s again", target.stream.name, target.folder)
+        self.stats.written += 1
+        target.kept.append(seq)
+        while len(target.kept) > target.retention:
+            old = target.kept.popleft()
+            with contextlib.suppress(FileNotFoundError):
+                target.path(old).unlink()
+
+
+def _snapshotter(app: App) -> AutoSnapshotter | None:
+    return app.state.get("auto_snapshot")
+
+
+@hookimpl
+def on_startup(app: App) -> None:
+    app.state["auto_snapshot"] = AutoSnapshotter(app)
+
+
+@hookimpl
+async def on_publish(stream: Stream, app: App) -> None:
+    snapshotter = _snapshotter(app)
+    if snapshotter is not None:
+        await snapshotter.publish(stream)
+
+
+@hookimpl
+def on_frame(stream: Stream, frame: FrameHandle, app: App) -> None:
+    snapshotter = _snapshotter(app)
+    if snapshotter is not None and snapshotter.targets:
+        snapshotter.frame(stream, frame)
+
+
+@hookimpl
+def on_unpublish(stream: Stream, app: App) -> None:
+    snapshotter = _snapshotter(app)
+    if snapshotter is not None:
+        snapshotter.unpublish(stream)

@@ -1,0 +1,119 @@
+"""Watched snapshot folders: every new complete image file becomes one ``on_snapshot_saved``.
+
+Watches ``snapshot_auto_dir`` and ``[folder_watch] dirs`` (files written by other processes
+too) with watchdog. A file counts once it is complete: when a writer closes it after writing,
+or when it is renamed into place (atomic writers, like streamsnap's own). Temporary and hidden
+files never count, and each file is reported once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from ..core.app import App
+from ..hooks import hookimpl
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~", ".swp")
+REMEMBERED = 4096
+
+
+def is_snapshot_file(path: str) -> bool:
+    name = os.path.basename(path)
+    return (
+        not name.startswith(".")
+        and not name.endswith(TEMP_SUFFIXES)
+        and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+    )
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: FolderWatcher) -> None:
+        self.watcher = watcher
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileClosedEvent) and not event.is_directory:
+            self.watcher.complete(os.fsdecode(event.src_path))
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileMovedEvent) and not event.is_directory:
+            self.watcher.complete(os.fsdecode(event.dest_path))
+
+
+class FolderWatcher:
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.loop = asyncio.get_running_loop()
+        self.dirs = [
+            Path(app.config.snapshot.snapshot_auto_dir),
+            *(Path(d) for d in app.config.folder_watch.dirs),
+        ]
+        self.observer = Observer()
+        self._seen: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+        self.reported = 0
+
+    def start(self) -> None:
+        handler = _Handler(self)
+        for folder in self.dirs:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                self.observer.schedule(handler, str(folder), recursive=True)
+            except OSError as exc:
+                log.error("cannot watch %s: %s", folder, exc.strerror or exc)
+        self.observer.start()
+        log.info("watching %s for new snapshots", ", ".join(map(str, self.dirs)))
+
+    def stop(self) -> None:
+        self.observer.stop()
+        self.observer.join(5)
+
+    def complete(self, path: str) -> None:
+        """Watchdog thread: ``path`` may be a finished snapshot file."""
+        if not is_snapshot_file(path):
+            return
+        try:
+            st = os.stat(path)
+        except OSError:
+            return  # already gone (retention, or a writer that renamed it again)
+        key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+        if key in self._seen or st.st_size == 0:
+            return
+        self._seen[key] = None
+        if len(self._seen) > REMEMBERED:
+            self._seen.popitem(last=False)
+        self.loop.call_soon_threadsafe(self._report, path)
+
+    def _report(self, path: str) -> None:
+        self.reported += 1
+        snapshotter = self.app.state.get("auto_snapshot")
+        folder = os.path.basename(os.path.dirname(path))
+        stream = snapshotter.folder_stream(folder) if snapshotter is not None else None
+        self.app.spawn(self.app.snapshot_saved(stream, path), name="on_snapshot_saved")
+
+
+@hookimpl
+def on_startup(app: App) -> None:
+    watcher = FolderWatcher(app)
+    watcher.start()
+    app.state["folder_watch"] = watcher
+
+
+@hookimpl
+def on_shutdown(app: App) -> None:
+    watcher = app.state.pop("folder_watch", None)
+    if watcher is not None:
+        watcher.stop()
