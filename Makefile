@@ -35,7 +35,7 @@ test: test-deps
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
 
 bench: $(VENV)/.test-installed
 	$(PIP) install -e '.[bench]'

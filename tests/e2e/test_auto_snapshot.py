@@ -239,3 +239,38 @@ def test_watched_folder_other_process_file_and_raising_plugin(
     )
     assert (archive / "cams" / "door.jpg").stat().st_size == 5002
     assert "plugin hello failed in on_snapshot_saved" in srv.log
+
+
+def test_gallery_page_shows_new_snapshots_without_reload(make_server, tmp_path):
+    from tests.helpers.browser import browser_available, chromium
+
+    if not browser_available():
+        pytest.skip("chromium or playwright not installed")
+    srv = auto_server(make_server, tmp_path, snapshot_auto_rate=15)
+    pub = ffmpeg_testsrc(srv.rtmp_url("gallerycam"), size="320x240")
+    try:
+        srv.wait_stream("gallerycam", frames=20)
+        with chromium(tmp_path) as browser:
+            page = browser.new_page()
+            page.goto(srv.http + "/pages/gallery.html")
+            page.wait_for_selector('.card[data-stream="gallerycam"] img')
+            page.wait_for_function(
+                "document.getElementById('status').textContent == 'live'", timeout=10_000
+            )
+            first = page.get_attribute('.card[data-stream="gallerycam"] img', "src")
+            # new files arrive as events: the picture changes without a reload
+            page.wait_for_function(
+                """(first) => {
+                    const img = document.querySelector('.card[data-stream="gallerycam"] img');
+                    return img.src !== first && img.src.includes('/snapshots/gallerycam/')
+                        && img.complete && img.naturalWidth === 320;
+                }""",
+                arg=page.evaluate("(s) => new URL(s, location.href).href", first),
+                timeout=15_000,
+            )
+            src = page.get_attribute('.card[data-stream="gallerycam"] img', "src")
+            assert re.search(r"/snapshots/gallerycam/gallerycam_\d{8}\.png$", src)
+            status, raw, _headers = srv.request("GET", src)
+            assert status == 200 and raw[:4] == b"\x89PNG"
+    finally:
+        pub.stop()

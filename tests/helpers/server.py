@@ -111,7 +111,8 @@ class ServerProcess:
         except urllib.error.URLError:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"the server exited with {self.proc.returncode}:\n{self.log}") from None
+                    f"the server exited with {self.proc.returncode}:\n{self.log}"
+                ) from None
             raise
 
     def snapshot(self, name: str, timeout: float = 15.0) -> tuple[int, Any]:

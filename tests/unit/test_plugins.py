@@ -380,3 +380,10 @@ async def test_hook_resolve_stream(flv):
         await proc.wait()
     finally:
         await app.stop()
+
+
+def test_every_hook_is_in_the_plugin_guide_with_its_signature():
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
+    for name in HOOKS:
+        params = ", ".join(inspect.signature(getattr(specs, name)).parameters)
+        assert f"### `{name}({params})`" in guide, f"{name}({params}) missing from docs/plugins.md"

@@ -27,7 +27,16 @@ from .streams import Stream, StreamRegistry
 log = logging.getLogger(__name__)
 
 # HTTP paths that [auth] token protects; pages and /healthz stay open
-PROTECTED = ("/rest-api/", "/whip/", "/metrics", "/streams/", "/plugins")
+PROTECTED = (
+    "/rest-api/",
+    "/whip/",
+    "/metrics",
+    "/streams/",
+    "/plugins",
+    "/snapshots/",
+    "/events/",
+    "/gallery.json",
+)
 
 APP_KEY: web.AppKey[App] = web.AppKey("streamsnap_app", object)  # type: ignore[arg-type]
 
@@ -145,6 +154,8 @@ class App:
         token = self.config.auth.token
         if token and request.method != "OPTIONS" and request.path.startswith(PROTECTED):
             given = request.headers.get("Authorization", "")
+            if not given and "access_token" in request.query:  # EventSource, <img src>
+                given = "Bearer " + request.query["access_token"]
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 log.warning(
                     "http %s %s from %s: missing or wrong bearer token",
@@ -306,7 +317,7 @@ class App:
         hand it to every active storage backend."""
         for name, backend in self.storage.items():
             self.spawn(self._store(name, backend, stream, path), name=f"store:{name}")
-        await self.pm.abroadcast("on_snapshot_saved", stream=stream, path=path)
+        await self.pm.abroadcast("on_snapshot_saved", stream=stream, path=path, app=self)
 
     async def _store(self, name: str, backend: Any, stream: Stream | None, path: str) -> None:
         try:

