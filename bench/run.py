@@ -484,6 +484,112 @@ resolution to its bandwidth estimate (it sent {w["size"]} at first, {w["size_end
 """
 
 
+def metrics_of(server: ServerProcess) -> dict[str, float]:
+    """Sum every sample of each metric in /metrics (labels ignored)."""
+    out: dict[str, float] = {}
+    text = server.request("GET", "/metrics")[1].decode()
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            name = name.split("{", 1)[0]
+            out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def bench_auto(window: float, max_streams: int) -> dict:
+    """Auto snapshots at rate 30 of 720p30 streams: the most streams kept up with."""
+    clip = make_clip("1280x720")
+    work = Path(tempfile.mkdtemp(prefix="bench-auto-"))
+    config = write_config(
+        work / "auto.toml",
+        server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
+        snapshot={
+            "snapshot_auto_enabled": True,
+            "snapshot_auto_dir": str(work / "snaps"),
+            "snapshot_auto_rate": 30,
+            "snapshot_auto_retention": 5,
+        },
+    )
+    server = ServerProcess(config, cwd=work).start()
+    runs = []
+    try:
+        n = 2
+        while n <= max_streams:
+            pubs = [publish(clip, server.rtmp_url(f"auto{i}")) for i in range(n)]
+            try:
+                for i in range(n):
+                    server.wait_stream(f"auto{i}", timeout=30, frames=60)
+                time.sleep(3)
+                m0, c0, t0 = metrics_of(server), tree_cpu_seconds(server.proc.pid), time.monotonic()
+                time.sleep(window)
+                m1, c1, t1 = metrics_of(server), tree_cpu_seconds(server.proc.pid), time.monotonic()
+            finally:
+                for p in pubs:
+                    stop(p)
+            for i in range(n):
+                server.wait_gone(f"auto{i}", timeout=30)
+            frames = m1["streamsnap_stream_frames_total"] - m0["streamsnap_stream_frames_total"]
+            written = (
+                m1["streamsnap_auto_snapshots_written_total"]
+                - m0["streamsnap_auto_snapshots_written_total"]
+            )
+            skipped = (
+                m1["streamsnap_auto_snapshots_skipped_total"]
+                - m0["streamsnap_auto_snapshots_skipped_total"]
+            )
+            cpu = (c1 - c0) / (t1 - t0) * 100
+            expected = frames / 30
+            kept_up = skipped == 0 and written >= expected - n
+            runs.append(
+                {
+                    "streams": n,
+                    "cpu_pct": cpu,
+                    "frames": frames,
+                    "written": written,
+                    "expected": expected,
+                    "skipped": skipped,
+                    "kept_up": kept_up,
+                }
+            )
+            log(
+                f"auto-snapshot x{n}: {cpu:.0f} % CPU, {written:.0f}/{expected:.0f} files, "
+                f"{skipped:.0f} skipped -> {'kept up' if kept_up else 'FELL BEHIND'}"
+            )
+            if not kept_up or cpu > 180:
+                break
+            n += 2
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"window_s": window, "runs": runs}
+
+
+def auto_section(auto: dict) -> str:
+    if not auto:
+        return ""
+    runs = auto["runs"]
+    rows = "\n".join(
+        f"| {r['streams']} | {r['cpu_pct']:.0f} | {r['cpu_pct'] / r['streams']:.1f} | "
+        f"{r['written']:.0f} / {r['expected']:.0f} | {r['skipped']:.0f} | "
+        f"{'yes' if r['kept_up'] else '**no**'} |"
+        for r in runs
+    )
+    good = [r for r in runs if r["kept_up"]]
+    best = max((r["streams"] for r in good), default=0)
+    return f"""## Auto snapshots (rate 30 on 720p30 streams)
+Every 30th frame of every stream written as PNG (`snapshot_auto_rate = 30`, retention 5), RTMP
+publishers looping a 720p30 clip (`-c copy`), {auto["window_s"]:.0f} s per step. "Kept up": no
+turn skipped and every expected file written. CPU is the server's, in % of one core (this
+machine has {os.cpu_count()}).
+
+| streams | CPU % | CPU % per stream | files written / expected | skipped | kept up |
+|---|---|---|---|---|---|
+{rows}
+
+Largest number of streams kept up with: **{best}** ({best / (os.cpu_count() or 1):.1f} per core).
+"""
+
+
 def machine() -> dict:
     model = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -529,7 +635,13 @@ Cost of keeping 720p30 cameras pulled with no snapshots: {idle["cameras"]} camer
 """
 
 
-def summarize(lat: dict, idle: dict, rtsp: dict, webrtc: dict, info: dict, argv: list[str]) -> str:
+PARTS = ["rtmp", "rtsp", "webrtc", "auto"]
+RESULT_KEYS = ["latency", "idle", "rtsp", "webrtc", "auto"]
+
+
+def summarize(results: dict, argv: list[str]) -> str:
+    lat, idle, rtsp = results["latency"], results["idle"], results["rtsp"]
+    webrtc, auto, info = results["webrtc"], results["auto"], results["machine"]
     rows = []
     for size, r in lat.items():
         rest = r["rest_ms"]
@@ -585,6 +697,7 @@ nginx-rtmp, a C server that only relays packets, is the floor for "keeping packe
 
 {rtsp_section(rtsp)}
 {webrtc_section(webrtc)}
+{auto_section(auto)}
 ## What limits
 - Lazy decode: a snapshot decodes every frame since the last keyframe the stream's decoder has
   not seen yet (at most one GOP: 60 frames here), then converts to RGB and writes PNG (fpng,
@@ -607,61 +720,54 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     parser.add_argument("--idle-streams", type=int, default=10)
+    parser.add_argument("--max-auto-streams", type=int, default=40)
     parser.add_argument(
         "--only",
-        choices=["rtmp", "rtsp", "webrtc"],
-        help="run one part; the other part's numbers come from the last bench/out/results.json",
+        choices=PARTS,
+        help="run one part; the others' numbers come from the last bench/out/results.json",
     )
     args = parser.parse_args()
     n_rest, n_cli, window = (10, 3, 5.0) if args.quick else (100, 15, 20.0)
     results_file = OUT / "results.json"
     previous = json.loads(results_file.read_text()) if results_file.exists() else {}
-    results = {
-        "machine": machine(),
-        "latency": previous.get("latency", {}),
-        "idle": previous.get("idle", {}),
-        "rtsp": previous.get("rtsp", {}),
-    }
+    results = {"machine": machine(), **{k: previous.get(k, {}) for k in RESULT_KEYS}}
+
+    def run(part: str) -> bool:
+        return args.only in (None, part)
+
     nginx = None
-    if args.only in (None, "rtmp"):
+    if run("rtmp"):
         nginx = Nginx() if NGINX_MODULE.exists() and shutil.which("nginx") else None
         if nginx is None:
             log("nginx-rtmp not installed: anchors skipped (scripts/install-system-deps.sh bench)")
     work = Path(tempfile.mkdtemp(prefix="bench-streamsnap-"))
     config = write_config(
         work / "bench.toml",
-        server={
-            "host": "127.0.0.1",
-            "http_port": 0,
-            "ws_port": 0,
-            "rtmp_port": 0,
-            "log_level": "INFO",
-        },
+        server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
         rtsp={"idle_timeout_s": 10},
         webrtc={"ice_addresses": ["127.0.0.1"]},
     )
     server = ServerProcess(config, cwd=work).start()
     try:
-        if args.only in (None, "rtmp"):
-            results["latency"] = bench_latency(
-                server, nginx, ["1280x720", "1920x1080"], n_rest, n_cli
-            )
+        if run("rtmp"):
+            sizes = ["1280x720", "1920x1080"]
+            results["latency"] = bench_latency(server, nginx, sizes, n_rest, n_cli)
             results["idle"] = bench_idle(server, nginx, args.idle_streams, window)
-        if args.only in (None, "rtsp"):
+        if run("rtsp"):
             results["rtsp"] = bench_rtsp(server, n_cli, n_rest, args.idle_streams, window)
-        if args.only in (None, "webrtc"):
+        if run("webrtc"):
             results["webrtc"] = bench_webrtc(server, n_rest, window)
     finally:
         server.stop()
         if nginx:
             nginx.stop()
         shutil.rmtree(work, ignore_errors=True)
+    if run("auto"):
+        results["auto"] = bench_auto(window / 2, args.max_auto_streams)
     OUT.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(results, indent=1))
     argv = ["python", "bench/run.py", *sys.argv[1:]]
-    report = summarize(
-        results["latency"], results["idle"], results["rtsp"], results["machine"], argv
-    )
+    report = summarize(results, argv)
     (ROOT / "BENCHMARKS.md").write_text(report)
     log("wrote BENCHMARKS.md")
     print(report)

@@ -51,3 +51,24 @@ def test_find_and_find_all_when_empty(server):
     assert code == 404
     code, raw, _ = server.request("POST", "/rest-api/stream/find", {"published": "yes"})
     assert code == 400 and "published" in json.loads(raw)["message"]
+
+
+def test_metrics_in_prometheus_text_format(server):
+    from tests.helpers.media import ffmpeg_testsrc
+
+    pub = ffmpeg_testsrc(server.rtmp_url("metered"), size="320x240")
+    try:
+        server.wait_stream("metered", frames=5)
+        assert server.snapshot("metered")[0] == 200
+        status, raw, headers = server.request("GET", "/metrics")
+    finally:
+        pub.stop()
+    text = raw.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert '# TYPE streamsnap_streams gauge' in text
+    assert 'streamsnap_streams{protocol="rtmp"} 1' in text
+    assert 'streamsnap_stream_frames_total{stream="metered",protocol="rtmp"}' in text
+    assert "streamsnap_snapshot_requests_total 1" in text
+    for line in text.splitlines():  # every sample line is NAME{labels} VALUE
+        if line and not line.startswith("#"):
+            assert __import__("re").fullmatch(r'[a-z_]+(\{.*\})? [0-9.e+-]+', line), line

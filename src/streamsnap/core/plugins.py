@@ -37,6 +37,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "streamsnap.plugins.storage_local",
     "streamsnap.plugins.auto_snapshot",
     "streamsnap.plugins.folder_watch",
+    "streamsnap.plugins.metrics",
     "streamsnap.plugins.webrtc",
     "streamsnap.plugins.wcs_websocket",
     "streamsnap.plugins.whip",
