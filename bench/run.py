@@ -20,7 +20,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers.media import FFMPEG  # noqa: E402
+from tests.helpers.nginx import NginxRtmp, nginx_available  # noqa: E402
 from tests.helpers.server import ServerProcess, write_config  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
-NGINX_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -123,48 +122,6 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Nginx:
-    """nginx with the RTMP module: the live RTMP server the FFmpeg command-line anchor reads."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
-        self.port = free_port()
-        (self.dir / "logs").mkdir()
-        conf = self.dir / "nginx.conf"
-        conf.write_text(
-            f"load_module {NGINX_MODULE};\ndaemon off;\nmaster_process off;\n"
-            f"pid {self.dir}/nginx.pid;\nerror_log {self.dir}/logs/error.log warn;\n"
-            "events { worker_connections 256; }\n"
-            f"rtmp {{ server {{ listen 127.0.0.1:{self.port}; chunk_size 4096;\n"
-            "  application live { live on; } } }\n"
-        )
-        self.proc = subprocess.Popen(
-            ["nginx", "-p", str(self.dir), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(50):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("nginx-rtmp did not start")
-
-    def url(self, name: str) -> str:
-        return f"rtmp://127.0.0.1:{self.port}/live/{name}"
-
-    def stop(self) -> None:
-        stop(self.proc)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
@@ -204,7 +161,7 @@ def wait_live(server: ServerProcess, name: str) -> None:
 
 
 def bench_latency(
-    server: ServerProcess, nginx: Nginx | None, sizes: list[str], n_rest: int, n_cli: int
+    server: ServerProcess, nginx: NginxRtmp | None, sizes: list[str], n_rest: int, n_cli: int
 ) -> dict:
     results: dict = {}
     for size in sizes:
@@ -234,7 +191,7 @@ def bench_latency(
     return results
 
 
-def bench_idle(server: ServerProcess, nginx: Nginx | None, streams: int, window: float) -> dict:
+def bench_idle(server: ServerProcess, nginx: NginxRtmp | None, streams: int, window: float) -> dict:
     clip = make_clip("1280x720")
     out: dict = {"streams": streams, "window_s": window}
     for label, pid, url_of in (
@@ -737,7 +694,7 @@ def main() -> int:
 
     nginx = None
     if run("rtmp"):
-        nginx = Nginx() if NGINX_MODULE.exists() and shutil.which("nginx") else None
+        nginx = NginxRtmp() if nginx_available() else None
         if nginx is None:
             log("nginx-rtmp not installed: anchors skipped (scripts/install-system-deps.sh bench)")
     work = Path(tempfile.mkdtemp(prefix="bench-streamsnap-"))
@@ -760,7 +717,7 @@ def main() -> int:
     finally:
         server.stop()
         if nginx:
-            nginx.stop()
+            nginx.cleanup()
         shutil.rmtree(work, ignore_errors=True)
     if run("auto"):
         results["auto"] = bench_auto(window / 2, args.max_auto_streams)

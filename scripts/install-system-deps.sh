@@ -24,9 +24,8 @@ fi
   >/dev/null 2>&1 || missing+=(python3-gi gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-rtsp)
 # a real browser for the WebRTC tests (driven by Playwright, never its own downloaded build)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-if [ "$what" = bench ]; then
-  [ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(nginx libnginx-mod-rtmp)
-fi
+# nginx-rtmp: the RTMP origin the pull tests pull from, and the benchmark's anchor
+[ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(nginx libnginx-mod-rtmp)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)

@@ -65,10 +65,10 @@ def test_metrics_in_prometheus_text_format(server):
         pub.stop()
     text = raw.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    assert '# TYPE streamsnap_streams gauge' in text
+    assert "# TYPE streamsnap_streams gauge" in text
     assert 'streamsnap_streams{protocol="rtmp"} 1' in text
     assert 'streamsnap_stream_frames_total{stream="metered",protocol="rtmp"}' in text
     assert "streamsnap_snapshot_requests_total 1" in text
     for line in text.splitlines():  # every sample line is NAME{labels} VALUE
         if line and not line.startswith("#"):
-            assert __import__("re").fullmatch(r'[a-z_]+(\{.*\})? [0-9.e+-]+', line), line
+            assert __import__("re").fullmatch(r"[a-z_]+(\{.*\})? [0-9.e+-]+", line), line

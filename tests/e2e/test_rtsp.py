@@ -186,7 +186,8 @@ def test_ten_cameras_at_once(make_server, make_camera):
         "rtsp://127.0.0.1:1/cam|file:/etc/passwd",
         "rtsp://127.0.0.1:1/cam with space",
         "rtsp:///nohost",
-        "rtmp://127.0.0.1/live/x",
+        "gopher://127.0.0.1/x",
+        "udp://127.0.0.1:1",
     ],
 )
 def test_disallowed_names_never_reach_ffmpeg(server, name):

@@ -80,6 +80,16 @@ class RtspConfig:
 
 
 @dataclass
+class PullConfig:
+    # URL schemes a stream name may use to be pulled through FFmpeg ("http" only when listed)
+    allowed_schemes: list[str] = field(
+        default_factory=lambda: ["rtsp", "rtsps", "rtmp", "rtmps", "srt", "https"]
+    )
+    # pulled from start-up under a friendly name: [{ name = "studio", url = "rtmp://..." }]
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class WebRtcConfig:
     ice_addresses: list[str] = field(default_factory=list)  # host candidates; empty: every
     # non-loopback interface. "127.0.0.1" for a browser on the same host.
@@ -118,6 +128,7 @@ class Config:
     streams: StreamsConfig = field(default_factory=StreamsConfig)
     rtmp: RtmpConfig = field(default_factory=RtmpConfig)
     rtsp: RtspConfig = field(default_factory=RtspConfig)
+    pull: PullConfig = field(default_factory=PullConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)

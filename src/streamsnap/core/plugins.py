@@ -33,7 +33,7 @@ ENTRY_POINT_GROUP = "streamsnap"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "streamsnap.plugins.rest",
     "streamsnap.plugins.rtmp",
-    "streamsnap.plugins.rtsp",
+    "streamsnap.plugins.pull",
     "streamsnap.plugins.storage_local",
     "streamsnap.plugins.auto_snapshot",
     "streamsnap.plugins.folder_watch",

@@ -43,7 +43,14 @@ class SupervisorPolicy:
 # What FFmpeg prints, and what it means for the user (WCS wording where WCS has one)
 FAILURES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"401 Unauthorized|403 Forbidden"), "auth", "Failed to connect to rtsp stream"),
-    (re.compile(r"404 Not Found|454 Session Not Found"), "not_found", "Rtsp stream not found"),
+    (
+        re.compile(
+            r"404 Not Found|454 Session Not Found|Server error: .*not found|"
+            r"Stream not found"
+        ),
+        "not_found",
+        "Rtsp stream not found",
+    ),
     (
         re.compile(
             r"Connection refused|No route to host|Network is unreachable|"

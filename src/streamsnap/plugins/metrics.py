@@ -26,47 +26,87 @@ def _escape(value: str) -> str:
 def render(app: App) -> str:
     out: list[str] = []
 
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[Any, dict | None]]
-               ) -> None:
+    def metric(
+        name: str, kind: str, help_text: str, samples: list[tuple[Any, dict | None]]
+    ) -> None:
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {kind}")
         out.extend(_line(name, value, labels) for value, labels in samples)
 
     streams = list(app.streams)
     by_protocol = Counter(s.protocol for s in streams)
-    metric("streamsnap_streams", "gauge", "Live streams by source protocol.",
-           [(by_protocol.get(p, 0), {"protocol": p})
-            for p in sorted({"rtmp", "rtsp", "webrtc", "whip", *by_protocol})])
-    metric("streamsnap_stream_frames_total", "counter", "Video frames received per live stream.",
-           [(s.frames.frames_in, {"stream": s.name, "protocol": s.protocol}) for s in streams])
-    metric("streamsnap_stream_decode_errors_total", "counter", "Packets the decoder rejected.",
-           [(s.frames.decode_errors, {"stream": s.name}) for s in streams])
+    metric(
+        "streamsnap_streams",
+        "gauge",
+        "Live streams by source protocol.",
+        [
+            (by_protocol.get(p, 0), {"protocol": p})
+            for p in sorted({"rtmp", "rtsp", "webrtc", "whip", *by_protocol})
+        ],
+    )
+    metric(
+        "streamsnap_stream_frames_total",
+        "counter",
+        "Video frames received per live stream.",
+        [(s.frames.frames_in, {"stream": s.name, "protocol": s.protocol}) for s in streams],
+    )
+    metric(
+        "streamsnap_stream_decode_errors_total",
+        "counter",
+        "Packets the decoder rejected.",
+        [(s.frames.decode_errors, {"stream": s.name}) for s in streams],
+    )
     snaps = app.snapshots
-    metric("streamsnap_snapshot_requests_total", "counter", "Snapshots asked of the service.",
-           [(snaps.requests, None)])
-    metric("streamsnap_snapshot_encodes_total", "counter",
-           "Pictures encoded (requests for the same frame share one).", [(snaps.encodes, None)])
+    metric(
+        "streamsnap_snapshot_requests_total",
+        "counter",
+        "Snapshots asked of the service.",
+        [(snaps.requests, None)],
+    )
+    metric(
+        "streamsnap_snapshot_encodes_total",
+        "counter",
+        "Pictures encoded (requests for the same frame share one).",
+        [(snaps.encodes, None)],
+    )
     auto = app.state.get("auto_snapshot")
     if auto is not None:
-        metric("streamsnap_auto_snapshots_written_total", "counter", "Auto-snapshot files.",
-               [(auto.stats.written, None)])
-        metric("streamsnap_auto_snapshots_skipped_total", "counter",
-               "Auto-snapshot turns skipped: the previous file was still being written.",
-               [(auto.stats.skipped, None)])
-        metric("streamsnap_auto_snapshot_write_errors_total", "counter",
-               "Auto-snapshot files that could not be written (disk full, read-only...).",
-               [(auto.stats.errors, None)])
-    rtsp = app.state.get("rtsp")
-    if rtsp is not None:
-        metric("streamsnap_child_starts_total", "counter", "FFmpeg children started per pull.",
-               [(c.supervisor.starts, {"stream": c.name}) for c in rtsp.cameras.values()])
+        metric(
+            "streamsnap_auto_snapshots_written_total",
+            "counter",
+            "Auto-snapshot files.",
+            [(auto.stats.written, None)],
+        )
+        metric(
+            "streamsnap_auto_snapshots_skipped_total",
+            "counter",
+            "Auto-snapshot turns skipped: the previous file was still being written.",
+            [(auto.stats.skipped, None)],
+        )
+        metric(
+            "streamsnap_auto_snapshot_write_errors_total",
+            "counter",
+            "Auto-snapshot files that could not be written (disk full, read-only...).",
+            [(auto.stats.errors, None)],
+        )
+    pulls = app.state.get("pull")
+    if pulls is not None:
+        metric(
+            "streamsnap_child_starts_total",
+            "counter",
+            "FFmpeg children started per pull.",
+            [(c.supervisor.starts, {"stream": c.name}) for c in pulls.cameras.values()],
+        )
     return "\n".join(out) + "\n"
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text=render(request.app[APP_KEY]),
-                        content_type="text/plain", charset="utf-8",
-                        headers={"Cache-Control": "no-store"})
+    return web.Response(
+        text=render(request.app[APP_KEY]),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @hookimpl
