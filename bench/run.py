@@ -349,7 +349,8 @@ WEBRTC_JS = """async ([wsUrl, name, rounds]) => {
     document.body.appendChild(display);
     const t0 = performance.now();
     await new Promise((ok, fail) => session.createStream({name, display, receiveVideo: false,
-        receiveAudio: false}).on(T.PUBLISHING, ok).on(T.FAILED, fail).publish());
+        receiveAudio: false, constraints: {audio: false, video: {width: 1280, height: 720}}})
+        .on(T.PUBLISHING, ok).on(T.FAILED, fail).publish());
     const published = performance.now() - t0;
     const snap = () => new Promise((ok) => {
         const t = performance.now();

@@ -250,3 +250,29 @@ def test_garbage_and_half_handshakes_do_not_disturb_publishers(make_server):
         assert_current(srv, pub, "steady", 640, 360, tries=2)
     finally:
         pub.stop()
+
+
+def test_adaptive_decoding_follows_snapshot_demand(make_server):
+    srv = make_server(streams={"decode_warm_s": 2.0, "decode_demand_per_s": 1.0})
+    pub = ffmpeg_counter(srv.rtmp_url("hot"), width=640, height=360)
+    try:
+        assert srv.wait_stream("hot", frames=10)["decode"] == "lazy"  # nobody looks: packets
+        deadline = time.monotonic() + 20
+        info = {}
+        while time.monotonic() < deadline:  # two snapshots a second
+            assert srv.snapshot("hot")[0] == 200
+            time.sleep(0.5)
+            info = srv.wait_stream("hot")
+            if info["decode"] == "continuous":
+                break
+        assert info["decode"] == "continuous", info
+        # decoded as frames arrive: a snapshot now only encodes, and shows the newest frame
+        behind = assert_current(srv, pub, "hot", 640, 360, tries=3)
+        print("continuous decoding, frames behind:", behind)
+        srv.wait_log(r"stream hot: continuous decoding")
+        deadline = time.monotonic() + 30  # demand stops: back to lazy after the warm period
+        while time.monotonic() < deadline and srv.wait_stream("hot")["decode"] != "lazy":
+            time.sleep(0.5)
+        assert srv.wait_stream("hot")["decode"] == "lazy"
+    finally:
+        pub.stop()

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import Config
+from .decoding import DecodePolicy
 from .errors import StartupError, StreamNotFound
 from .frames import FrameHandle, FrameStore
 from .plugins import BackendRegistry, PluginManager, make_plugin_manager
@@ -50,7 +51,11 @@ class App:
         self.streams = StreamRegistry()
         workers = config.snapshot.workers or max(1, os.cpu_count() or 1)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshot")
+        # File writes wait on the disk (fsync), not the CPU: they get their own threads so a
+        # slow disk never holds up decoding and encoding.
+        self.io_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="io")
         self.snapshots = SnapshotService(config.snapshot, self.executor)
+        self.decoding = DecodePolicy(self)
         self.backends = BackendRegistry()
         self.ports: dict[str, int] = {}  # what each listener really bound ("http", "rtmp", ...)
         self.state: dict[str, Any] = {}  # what plugins own for this app, by plugin name
@@ -130,6 +135,7 @@ class App:
                     raise
                 except Exception:
                     log.exception("plugin %s failed in on_startup (left out)", name)
+        self.spawn(self.decoding.run(), name="decode-policy")
         log.info("streamsnap ready: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
 
     def tls_context(self) -> ssl.SSLContext | None:
@@ -198,6 +204,7 @@ class App:
         for task in list(self._tasks):
             task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.io_executor.shutdown(wait=True)  # files being written are finished, not cut
 
     def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
         """Run a background task owned by the app (kept referenced, cancelled on stop)."""
@@ -259,6 +266,8 @@ class App:
 
     def frame(self, stream: Stream, handle: FrameHandle) -> None:
         """Tell the plugins a video frame arrived (hot path: no work unless someone listens)."""
+        if stream.frames.continuous:
+            self.decoding.kick(stream)
         if self._frame_impls is None:
             order = ("stream", "frame", "app")
             self._frame_impls = [
@@ -304,6 +313,7 @@ class App:
     async def snapshot(self, name: str, request: SnapshotRequest | None = None) -> Snapshot:
         """The current picture of stream ``name`` (raises StreamNotFound, SnapshotError)."""
         stream = await self.resolve(name)
+        self.decoding.note_request(stream)
         request = request or SnapshotRequest()
         answer = await self.pm.afirstresult("on_snapshot_request", stream=stream, request=request)
         if answer is not None:

@@ -56,6 +56,10 @@ class SnapshotConfig:
 class StreamsConfig:
     max_gop_packets: int = 1800  # 60 s at 30 fps: a publisher that never sends a keyframe is capped
     max_gop_bytes: int = 64 * 1024 * 1024
+    decode: Literal["adaptive", "lazy", "continuous"] = "adaptive"
+    decode_demand_per_s: float = 1.0  # snapshots a second from which continuous is cheaper
+    decode_warm_s: float = 30.0  # keep a stream asked for this recently warm, CPU allowing
+    decode_cpu_budget: float = 0.6  # share of all cores below which warm streams stay decoded
 
 
 @dataclass

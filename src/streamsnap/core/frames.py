@@ -82,6 +82,8 @@ class FrameStore:
         self._lock = threading.Lock()
         self._waiters: list[asyncio.Future[None]] = []
         self.decode_errors = 0
+        self.continuous = False  # decoded as frames arrive (the decode policy decides)
+        self.decodes_itself = False  # pictures arrive decoded (push_picture)
 
     # ---------------------------------------------------------------- ingest (event loop)
     def set_codec(self, codec_name: str, extradata: bytes | None = None) -> None:
@@ -145,6 +147,7 @@ class FrameStore:
         """Keep an already decoded picture (sources that decode themselves, e.g. aiortc)."""
         index = self.frames_in
         self.frames_in += 1
+        self.decodes_itself = True
         self._recent.append((time.monotonic(), 0))
         self.width, self.height = frame.width, frame.height
         self._latest = Picture(frame, index, pts, self._gop_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ class Stream:
     terminator: Terminator | None = None
     failure: str = ""  # why the source cannot deliver now (WCS wording), "" when fine
     last_used: float = field(default_factory=time.monotonic)  # last snapshot/find of it
+    requests: deque[float] = field(default_factory=lambda: deque(maxlen=64))  # snapshot times
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
@@ -88,6 +90,7 @@ class Stream:
             "protocol": self.protocol,
             "framesIn": frames.frames_in,
             "info": self.failure,
+            "decode": "continuous" if frames.continuous else "lazy",
         }
 
     def __repr__(self) -> str:

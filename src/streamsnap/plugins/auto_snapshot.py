@@ -47,7 +47,8 @@ class Target:
     next_seq: int = 1
     kept: deque[int] = field(default_factory=deque)  # sequence numbers on disk, oldest first
     failing: bool = False  # an error was logged for this stream; log again once it recovers
-    busy: bool = False
+    busy: bool = False  # a snapshot is being taken or written
+    owed: bool = False  # a turn came while busy: take one more right after
 
     def path(self, seq: int) -> Path:
         return self.folder / f"{self.prefix}_{seq:08d}.{EXTENSIONS[self.format]}"
@@ -56,7 +57,7 @@ class Target:
 @dataclass
 class Stats:
     written: int = 0
-    skipped: int = 0  # turns skipped because the previous write was still running
+    skipped: int = 0  # turns skipped: two came while a snapshot was still being taken
     errors: int = 0
 
 
@@ -102,7 +103,7 @@ class AutoSnapshotter:
             )
             target.format = "png"
         loop = asyncio.get_running_loop()
-        existing = await loop.run_in_executor(self.app.executor, self._scan, target)
+        existing = await loop.run_in_executor(self.app.io_executor, self._scan, target)
         target.kept.extend(existing)
         target.next_seq = (existing[-1] + 1) if existing else 1
         self.targets[stream.media_session_id] = target
@@ -135,7 +136,11 @@ class AutoSnapshotter:
         if target is None or (frame.index + 1) % target.rate:
             return
         if target.busy:
-            self.stats.skipped += 1
+            # The previous snapshot is still being taken: owe one (taken right after it), so
+            # that a moment of congestion costs no file; a second turn in a row is skipped.
+            if target.owed:
+                self.stats.skipped += 1
+            target.owed = True
             return
         target.busy = True
         self.app.spawn(self._take(target), name=f"auto-snapshot:{stream.name}")
@@ -150,14 +155,18 @@ class AutoSnapshotter:
             seq = target.next_seq
             target.next_seq += 1
             await asyncio.get_running_loop().run_in_executor(
-                self.app.executor, self._write, target, seq, snap.data
+                self.app.io_executor, self._write, target, seq, snap.data
             )
         except SnapshotError as exc:
             log.debug("stream %s: no auto-snapshot this turn: %s", target.stream.name, exc)
         except Exception:
             log.exception("stream %s: auto-snapshot failed", target.stream.name)
         finally:
-            target.busy = False
+            if target.owed and self.app.is_live(target.stream):
+                target.owed = False
+                self.app.spawn(self._take(target), name=f"auto-snapshot:{target.stream.name}")
+            else:
+                target.busy = False
 
     def _write(self, target: Target, seq: int, data: bytes) -> None:
         """Worker thread: write ``data`` as number ``seq`` atomically, then apply retention."""
