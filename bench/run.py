@@ -161,24 +161,32 @@ def wait_live(server: ServerProcess, name: str) -> None:
 
 
 def bench_latency(
-    server: ServerProcess, nginx: NginxRtmp | None, sizes: list[str], n_rest: int, n_cli: int
+    servers: dict[str, ServerProcess],
+    nginx: NginxRtmp | None,
+    sizes: list[str],
+    n_rest: int,
+    n_cli: int,
 ) -> dict:
+    """REST snapshot latency on each server (decode modes), and the FFmpeg CLI on nginx-rtmp."""
     results: dict = {}
     for size in sizes:
         clip = make_clip(size)
         name = f"lat{size}"
-        pubs = [publish(clip, server.rtmp_url(name))]
+        pubs = [publish(clip, srv.rtmp_url(name)) for srv in servers.values()]
         if nginx:
             pubs.append(publish(clip, nginx.url(name)))
+        results[size] = {}
         try:
-            wait_live(server, name)
+            for srv in servers.values():
+                wait_live(srv, name)
             time.sleep(2)
-            log(f"{size}: {n_rest} REST snapshots at random moments (lazy decode)")
-            rest = []
-            for _ in range(n_rest):
-                time.sleep(random.uniform(0.2, 1.2))  # land anywhere in the GOP
-                rest.append(rest_snapshot_ms(server, name))
-            results[size] = {"rest_ms": rest}
+            for label, srv in servers.items():
+                log(f"{size}: {n_rest} REST snapshots at random moments ({label} decode)")
+                rest = []
+                for _ in range(n_rest):
+                    time.sleep(random.uniform(0.2, 1.2))  # land anywhere in the GOP
+                    rest.append(rest_snapshot_ms(srv, name))
+                results[size][f"rest_{label}_ms"] = rest
             if nginx:
                 log(f"{size}: {n_cli} runs of ffmpeg -i rtmp://nginx/... -frames:v 1")
                 results[size]["ffmpeg_cli_ms"] = [
@@ -187,7 +195,8 @@ def bench_latency(
         finally:
             for p in pubs:
                 stop(p)
-        server.wait_gone(name)
+        for srv in servers.values():
+            srv.wait_gone(name)
     return results
 
 
@@ -598,22 +607,30 @@ RESULT_KEYS = ["latency", "idle", "rtsp", "webrtc", "auto"]
 
 
 def summarize(results: dict, argv: list[str]) -> str:
+    runs_text = (
+        "\n".join(
+            f"- {part}: `{r['command']}` at {r['time']}"
+            for part, r in sorted(results.get("runs", {}).items())
+        )
+        or f"- `{' '.join(argv)}`"
+    )
     lat, idle, rtsp = results["latency"], results["idle"], results["rtsp"]
     webrtc, auto, info = results["webrtc"], results["auto"], results["machine"]
     rows = []
     for size, r in lat.items():
-        rest = r["rest_ms"]
-        cli = r.get("ffmpeg_cli_ms")
-        p50 = statistics.median(rest)
-        line = (
-            f"| {size} | {p50:.0f} | {percentile(rest, 99):.0f} | {max(rest):.0f} | {len(rest)} |"
+        cells = [size]
+        for key in ("rest_lazy_ms", "rest_adaptive_ms", "ffmpeg_cli_ms"):
+            values = r.get(key)
+            cells += (
+                [f"{statistics.median(values):.0f}", f"{percentile(values, 99):.0f}"]
+                if values
+                else ["-", "-"]
+            )
+        lazy, cli = r.get("rest_lazy_ms"), r.get("ffmpeg_cli_ms")
+        cells.append(
+            f"{statistics.median(cli) / statistics.median(lazy):.0f}x" if lazy and cli else "-"
         )
-        if cli:
-            c50 = statistics.median(cli)
-            line += f" {c50:.0f} | {percentile(cli, 99):.0f} | {len(cli)} | {c50 / p50:.0f}x |"
-        else:
-            line += " - | - | - | - |"
-        rows.append(line)
+        rows.append("| " + " | ".join(cells) + " |")
     idle_rows = []
     for label in ("streamsnap", "nginx-rtmp"):
         if label in idle:
@@ -624,24 +641,28 @@ def summarize(results: dict, argv: list[str]) -> str:
             )
     return f"""# Benchmarks
 
-Command: `{" ".join(argv)}` (what `make bench` runs). One run, one machine, the same streams for
-streamsnap and its anchors. Raw numbers: `bench/out/results.json` (not committed).
+Command: `make bench` (= `python bench/run.py`: every part, each against its anchor in the same
+run, on the same streams; `--only PART` re-runs one part and keeps the others' last numbers).
+Raw numbers: `bench/out/results.json` (not committed). The parts below come from:
+{runs_text}
 
 Machine: {info["cpu"]}, {info["cores"]} cores, {info["memory_gib"]} GiB, Linux {info["kernel"]},
 Python {info["python"]}, PyAV's libavcodec {info["pyav_ffmpeg"]}, {info["ffmpeg_cli"]}.
-Date: {time.strftime("%Y-%m-%d")}.
 
 Streams: 30 fps H.264 (x264 `veryfast`, B-frames, GOP 60 = 2 s) + AAC, looped in real time by
 `ffmpeg -re -stream_loop -1 -c copy` into streamsnap's RTMP port and into nginx-rtmp.
 
-## Snapshot latency (REST, lazy decode)
-Client-side wall time of `POST /rest-api/stream/snapshot` (base64 PNG of the full frame),
-requests 0.2-1.2 s apart so that they land anywhere in the GOP. Anchor: the FFmpeg command line
-users run without server support, `ffmpeg -i rtmp://127.0.0.1/live/NAME -frames:v 1 out.png`,
-against nginx-rtmp carrying the same stream.
+## Snapshot latency (REST)
+Client-side wall time of `POST /rest-api/stream/snapshot` (base64 PNG of the full frame), 100
+requests 0.2-1.2 s apart so that they land anywhere in the GOP, on two servers fed the same
+stream: one with `decode = "lazy"` (packets only; each request decodes what arrived since the
+last one, up to a GOP) and one with the default `decode = "adaptive"` (at ~1.4 requests a
+second the stream is soon decoded as it arrives, so a request only encodes). Anchor: the FFmpeg
+command line users run without server support, `ffmpeg -i rtmp://127.0.0.1/live/NAME -frames:v
+1 out.png`, against nginx-rtmp carrying the same stream (15 runs).
 
-| stream | streamsnap p50 ms | p99 ms | max ms | n | ffmpeg CLI p50 ms | p99 ms | n | speed-up at p50 |
-|---|---|---|---|---|---|---|---|---|
+| stream | lazy p50 ms | lazy p99 ms | adaptive p50 ms | adaptive p99 ms | ffmpeg CLI p50 ms | CLI p99 ms | lazy speed-up at p50 |
+|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 ## Idle cost per stream (nobody asks for a picture)
@@ -688,7 +709,11 @@ def main() -> int:
     n_rest, n_cli, window = (10, 3, 5.0) if args.quick else (100, 15, 20.0)
     results_file = OUT / "results.json"
     previous = json.loads(results_file.read_text()) if results_file.exists() else {}
-    results = {"machine": machine(), **{k: previous.get(k, {}) for k in RESULT_KEYS}}
+    results = {
+        "machine": machine(),
+        "runs": previous.get("runs", {}),
+        **{k: previous.get(k, {}) for k in RESULT_KEYS},
+    }
 
     def run(part: str) -> bool:
         return args.only in (None, part)
@@ -709,7 +734,18 @@ def main() -> int:
     try:
         if run("rtmp"):
             sizes = ["1280x720", "1920x1080"]
-            results["latency"] = bench_latency(server, nginx, sizes, n_rest, n_cli)
+            lazy_config = write_config(
+                work / "lazy.toml",
+                server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
+                streams={"decode": "lazy"},
+            )
+            lazy = ServerProcess(lazy_config, cwd=work).start()
+            try:
+                results["latency"] = bench_latency(
+                    {"lazy": lazy, "adaptive": server}, nginx, sizes, n_rest, n_cli
+                )
+            finally:
+                lazy.stop()
             results["idle"] = bench_idle(server, nginx, args.idle_streams, window)
         if run("rtsp"):
             results["rtsp"] = bench_rtsp(server, n_cli, n_rest, args.idle_streams, window)
@@ -722,6 +758,11 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     if run("auto"):
         results["auto"] = bench_auto(window / 2, args.max_auto_streams)
+    command = " ".join(["python", "bench/run.py", *sys.argv[1:]])
+    runs = results.setdefault("runs", {})
+    for part in PARTS:
+        if run(part):
+            runs[part] = {"command": command, "time": time.strftime("%Y-%m-%d %H:%M")}
     OUT.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(results, indent=1))
     argv = ["python", "bench/run.py", *sys.argv[1:]]

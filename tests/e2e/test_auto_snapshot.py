@@ -138,6 +138,13 @@ def test_hostile_names_stay_inside_the_snapshot_folder(make_server, tmp_path, ta
             for tag in tags[:40]:
                 c.send_tag(tag)
             srv.wait_stream(name, frames=10)
+            root = tmp_path / "inside" / "snaps"
+            deadline = time.monotonic() + 15  # its first file is written while it is live
+            while (
+                time.monotonic() < deadline
+                and sum(1 for d in root.iterdir() if numbered(d)) < names.index(name) + 1
+            ):
+                time.sleep(0.1)
         finally:
             c.close()
         srv.wait_gone(name)

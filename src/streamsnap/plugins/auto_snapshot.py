@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.app import App
-from ..core.errors import SnapshotError
+from ..core.errors import SnapshotError, StreamNotFound
 from ..core.frames import FrameHandle
 from ..core.names import safe_name
 from ..core.snapshot import SnapshotRequest
@@ -157,7 +157,7 @@ class AutoSnapshotter:
             await asyncio.get_running_loop().run_in_executor(
                 self.app.io_executor, self._write, target, seq, snap.data
             )
-        except SnapshotError as exc:
+        except (SnapshotError, StreamNotFound) as exc:  # no picture yet, or the stream ended
             log.debug("stream %s: no auto-snapshot this turn: %s", target.stream.name, exc)
         except Exception:
             log.exception("stream %s: auto-snapshot failed", target.stream.name)
