@@ -281,3 +281,23 @@ def test_gallery_page_shows_new_snapshots_without_reload(make_server, tmp_path):
             assert status == 200 and raw[:4] == b"\x89PNG"
     finally:
         pub.stop()
+
+
+def test_sigterm_shuts_down_cleanly_and_loses_no_file(make_server, tmp_path):
+    srv = auto_server(make_server, tmp_path, snapshot_auto_rate=2, snapshot_auto_retention=1000)
+    pub = ffmpeg_testsrc(srv.rtmp_url("closing"), size="640x360")
+    try:
+        srv.wait_stream("closing", frames=30)
+        t0 = time.monotonic()
+        assert srv.stop() == 0  # SIGTERM: listeners closed, publishers told, files finished
+        assert time.monotonic() - t0 < 10
+    finally:
+        pub.stop()
+    pub.proc.wait(10)  # the encoder saw its connection end
+    folder = tmp_path / "snaps" / "closing"
+    files = sorted(folder.iterdir())
+    assert files and not [p for p in files if p.name.startswith(".")]  # no half-written file
+    for path in files:  # every file that exists is a whole picture
+        with Image.open(path) as img:
+            img.load()
+    assert "shutting down" in srv.log
