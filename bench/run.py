@@ -317,8 +317,15 @@ def bench_rtsp(
         time.sleep(window / 2)
         base = (tree_cpu_seconds(pid) - c0) / (window / 2)
         urls = [cam.url(query=f"?idle={i}") for i in range(cameras)]
+        for url in urls:  # find starts the pull without asking for a picture: truly idle
+            server.request("POST", "/rest-api/stream/find", {"name": url})
         for url in urls:
-            rest_snapshot_ms(server, url)  # starts the pull
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                status, raw, _ = server.request("POST", "/rest-api/stream/find", {"name": url})
+                if status == 200 and json.loads(raw)[0]["framesIn"] > 0:
+                    break
+                time.sleep(0.2)
         time.sleep(3)
         c0, t0 = tree_cpu_seconds(pid), time.monotonic()
         # keep them in use (find, not snapshot: no decode) so the idle timeout does not drop them
