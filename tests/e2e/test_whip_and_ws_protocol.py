@@ -95,6 +95,9 @@ def test_whip_errors(webrtc_server):
     srv = webrtc_server
     status, body, _ = whip_post(srv, "x", "not sdp")
     assert status == 400 and "SDP" in body
+    status, body, _ = whip_post(srv, "x", "v=0\r\n")  # an offer without media
+    assert status == 400 and "no video" in body
+    srv.wait_gone("x")
     status, _, _ = srv.request("POST", "/whip/x", b"v=0")  # no application/sdp
     assert status == 415
     status, _, headers = srv.request("PATCH", "/whip/x/123", b"a=candidate")

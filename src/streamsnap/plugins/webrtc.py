@@ -138,6 +138,7 @@ class WebRtcEngine:
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            _require_video(pc)
             for transceiver in pc.getTransceivers():
                 transceiver.direction = "recvonly"
             await pc.setLocalDescription(await pc.createAnswer())
@@ -154,6 +155,7 @@ class WebRtcEngine:
         pc = self._new_pc(f"player of {stream.name}", on_closed)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            _require_video(pc)
             pc.addTrack(PictureTrack(self.app, stream))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception:
@@ -198,6 +200,12 @@ class WebRtcEngine:
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self.close(pc) for pc in list(self.peers)))
+
+
+def _require_video(pc: RTCPeerConnection) -> None:
+    """aiortc accepts an offer without media sections (even a garbage string): refuse it."""
+    if not any(t.kind == "video" for t in pc.getTransceivers()):
+        raise ValueError("the offer has no video media section")
 
 
 def video_codec_of(sdp: str) -> str:
