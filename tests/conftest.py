@@ -54,3 +54,11 @@ def make_camera() -> Iterator:
     yield start
     for camera in cameras:
         camera.stop()
+
+
+@pytest.fixture(scope="session")
+def installed_plugin(tmp_path_factory) -> Path:
+    """tests/fixtures/streamsnap-hello installed with pip into a folder (PYTHONPATH it)."""
+    from tests.helpers.packages import HELLO, pip_install_target
+
+    return pip_install_target(HELLO, tmp_path_factory.mktemp("hello-site"))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,8 +15,6 @@ from tests.helpers.media import ffmpeg_testsrc
 from tests.helpers.rtmp_client import RtmpClient, make_flv
 
 pytestmark = pytest.mark.e2e
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "streamsnap-hello"
 
 
 def auto_server(make_server, tmp_path, env=None, **snapshot):
@@ -175,28 +171,6 @@ def test_unwritable_folder_is_logged_once_and_other_streams_continue(make_server
     assert srv.log.count("stream blocked: cannot write snapshots") == 1
     assert len(numbered(snaps / "fine")) >= 10
     assert (snaps / "blocked").is_file()
-
-
-@pytest.fixture(scope="module")
-def installed_plugin(tmp_path_factory) -> Path:
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(FIXTURE),
-        ],
-        check=True,
-        timeout=300,
-    )
-    return target
 
 
 def test_watched_folder_other_process_file_and_raising_plugin(

@@ -16,8 +16,6 @@ from tests.helpers.media import ffmpeg_testsrc
 
 pytestmark = pytest.mark.e2e
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "streamsnap-hello"
-
 
 def run_cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
@@ -66,28 +64,6 @@ def test_snapshot_command_writes_png(server, tmp_path):
         assert missing.returncode == 1 and "404 Stream not found" in missing.stderr
     finally:
         pub.stop()
-
-
-@pytest.fixture(scope="module")
-def installed_plugin(tmp_path_factory) -> Path:
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(FIXTURE),
-        ],
-        check=True,
-        timeout=300,
-    )
-    return target
 
 
 def test_third_party_plugin_is_discovered_and_called(installed_plugin, make_server, tmp_path):

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.media import ffmpeg_testsrc
+from tests.helpers.packages import S3, pip_install_target
 
 pytestmark = pytest.mark.e2e
 
-PLUGIN = Path(__file__).resolve().parents[2] / "examples" / "streamsnap-s3"
-sys.path.insert(0, str(PLUGIN / "tests"))
+sys.path.insert(0, str(S3 / "tests"))
 
 from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3, weed_binary  # noqa: E402
 
@@ -35,24 +35,7 @@ def seaweed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def s3_plugin(tmp_path_factory) -> Path:
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(PLUGIN),
-        ],
-        check=True,
-        timeout=300,
-    )
-    return target
+    return pip_install_target(S3, tmp_path_factory.mktemp("site"))
 
 
 async def _objects(seaweed, bucket: str) -> dict[str, dict]:

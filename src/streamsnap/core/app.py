@@ -103,29 +103,12 @@ class App:
         srv = self.config.server
         self._runner = web.AppRunner(self.web, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, srv.host, srv.http_port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise StartupError(
-                f"cannot listen on {srv.host}:{srv.http_port} (http_port): {exc.strerror or exc}"
-            ) from exc
-        self.ports["http"] = _bound_port(site)
+        self.ports["http"] = await start_site(self._runner, srv.host, srv.http_port, "http_port")
         tls = self.tls_context()
         if tls is not None:
-            secure = web.TCPSite(
-                self._runner, srv.host, srv.https_port, ssl_context=tls, reuse_address=True
+            self.ports["https"] = await start_site(
+                self._runner, srv.host, srv.https_port, "https_port", tls
             )
-            try:
-                await secure.start()
-            except OSError as exc:
-                await self._runner.cleanup()
-                raise StartupError(
-                    f"cannot listen on {srv.host}:{srv.https_port} "
-                    f"(https_port): {exc.strerror or exc}"
-                ) from exc
-            self.ports["https"] = _bound_port(secure)
         for name, result in self.pm.broadcast("on_startup", app=self):
             if inspect.isawaitable(result):
                 try:
@@ -340,6 +323,22 @@ def _bound_port(site: web.TCPSite) -> int:
     server = site._server  # aiohttp exposes the bound sockets only here
     sockets = getattr(server, "sockets", None) or []
     return sockets[0].getsockname()[1] if sockets else 0
+
+
+async def start_site(
+    runner: web.AppRunner, host: str, port: int, key: str, tls: ssl.SSLContext | None = None
+) -> int:
+    """Listen on ``host:port`` for ``runner``; returns the bound port. A port that cannot be
+    bound cleans the runner up and raises StartupError naming the config key."""
+    site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(
+            f"cannot listen on {host}:{port} ({key}): {exc.strerror or exc}"
+        ) from exc
+    return _bound_port(site) or port
 
 
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:

@@ -23,11 +23,10 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from aiortc import RTCPeerConnection
 
-from ..core.app import App
+from ..core.app import App, start_site
 from ..core.errors import (
     InvalidStreamName,
     SnapshotError,
-    StartupError,
     StreamNameInUse,
     StreamNotFound,
 )
@@ -399,30 +398,12 @@ class WcsApi:
         self._runner = web.AppRunner(http, handle_signals=False, access_log=None)
         await self._runner.setup()
         srv = self.app.config.server
-        site = web.TCPSite(self._runner, srv.host, srv.ws_port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise StartupError(
-                f"cannot listen on {srv.host}:{srv.ws_port} (ws_port): {exc.strerror or exc}"
-            ) from exc
-        sockets = getattr(site._server, "sockets", None) or []
-        self.app.ports["ws"] = sockets[0].getsockname()[1] if sockets else srv.ws_port
+        self.app.ports["ws"] = await start_site(self._runner, srv.host, srv.ws_port, "ws_port")
         tls = self.app.tls_context()
         if tls is not None:
-            secure = web.TCPSite(
-                self._runner, srv.host, srv.wss_port, ssl_context=tls, reuse_address=True
+            self.app.ports["wss"] = await start_site(
+                self._runner, srv.host, srv.wss_port, "wss_port", tls
             )
-            try:
-                await secure.start()
-            except OSError as exc:
-                await self._runner.cleanup()
-                raise StartupError(
-                    f"cannot listen on {srv.host}:{srv.wss_port} (wss_port): {exc.strerror or exc}"
-                ) from exc
-            sockets = getattr(secure._server, "sockets", None) or []
-            self.app.ports["wss"] = sockets[0].getsockname()[1] if sockets else srv.wss_port
 
     async def stop(self) -> None:
         for session in list(self.sessions):
