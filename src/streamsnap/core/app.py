@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import ssl
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -162,7 +163,24 @@ class App:
                     status=401,
                     headers={"WWW-Authenticate": 'Bearer realm="streamsnap"'},
                 )
-        return await handler(request)
+        try:
+            return await handler(request)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+            if not request.path.startswith(PROTECTED):
+                raise
+            # API paths answer in JSON, in the WCS error shape, even when no route matched
+            ts = int(time.time() * 1000)
+            body = {
+                "exception": "com.flashphoner.rest.server.exception.NotFoundException",
+                "reason": f"{exc.reason}, ts: {ts}, path: {request.path}",
+                "path": request.path,
+                "error": exc.reason,
+                "message": exc.reason,
+                "timestamp": ts,
+                "status": exc.status,
+            }
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return web.json_response(body, status=exc.status, headers=headers)
 
     async def stop(self) -> None:
         timeout = self.config.server.shutdown_timeout_s

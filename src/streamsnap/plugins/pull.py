@@ -132,6 +132,8 @@ def parse_source_url(name: str, config: Config) -> SourceUrl:
     """Validate a source URL; raises InvalidStreamName with the reason."""
     scheme = scheme_of(name)
     allowed = [s.lower() for s in config.pull.allowed_schemes]
+    if scheme is None:
+        raise InvalidStreamName(f"{name[:64]!r} is not a source URL (scheme://host/path)")
     if scheme not in allowed or scheme not in PROTOCOL_WHITELISTS:
         raise InvalidStreamName(
             f"{scheme}: URLs are not allowed as stream names (pulled schemes: "
@@ -385,12 +387,16 @@ class PullPlugin:
         )
         if existing is not None:
             return existing.stream
-        allowed = self.config.rtsp.allowed_hosts
-        if allowed and not any(_host_matches(url.host, p) for p in allowed):
-            raise InvalidStreamName(f"host {url.host!r} is not in [rtsp] allowed_hosts")
+        self.check_host(url)
         log.info("stream %s: pulling on demand", url.public)
         pull = await self.start_pull(url.public, url, self.config.rtsp.transport, on_demand=True)
         return pull.stream
+
+    def check_host(self, url: SourceUrl) -> None:
+        """Pulls asked for at run time (by name or REST) only from allowed hosts."""
+        allowed = self.config.rtsp.allowed_hosts
+        if allowed and not any(_host_matches(url.host, p) for p in allowed):
+            raise InvalidStreamName(f"host {url.host!r} is not in [rtsp] allowed_hosts")
 
     async def drop(self, pull: Pull, reason: str, unpublish: bool = True) -> None:
         if self.cameras.get(pull.name) is pull:
@@ -444,6 +450,7 @@ async def rest_startup(request: web.Request) -> web.Response:
         if plugin is None:
             raise BadRequest("the pull plugin is disabled")
         url = parse_source_url(uri, plugin.config)
+        plugin.check_host(url)
         if name == uri:
             name = url.public
         pull = await plugin.start_pull(name, url, plugin.config.rtsp.transport, on_demand=False)

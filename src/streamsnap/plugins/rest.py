@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from ..hooks import hookimpl
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+OPENAPI = Path(__file__).resolve().parent.parent / "web" / "openapi.yaml"
 MAX_IMAGE_SIDE = 8192
 
 _EXCEPTIONS = {
@@ -235,6 +237,11 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+async def openapi(request: web.Request) -> web.StreamResponse:
+    """The OpenAPI description of this API."""
+    return web.FileResponse(OPENAPI, headers={"Content-Type": "application/yaml"})
+
+
 async def plugins(request: web.Request) -> web.Response:
     return web.json_response(
         [
@@ -256,5 +263,6 @@ def register_routes(app: App) -> list[web.RouteDef]:
         web.get(r"/streams/{name:.+}/snapshot.{ext:png|jpg|jpeg|webp}", snapshot_image),
         web.get("/healthz", healthz),
         web.get("/plugins", plugins),
+        web.get("/openapi.yaml", openapi),
     ]
     return routes
