@@ -199,23 +199,18 @@ class FrameStore:
 
     async def wait_decodable(self, timeout: float) -> bool:
         """Wait until :attr:`decodable` (or ``timeout`` seconds); returns :attr:`decodable`."""
-        if self.decodable:
-            return True
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            pass
-        finally:
-            if fut in self._waiters:
-                self._waiters.remove(fut)
+        if not self.decodable:
+            await self._next_wake(timeout)
         return self.decodable
 
     async def wait_newer(self, index: int, timeout: float) -> bool:
         """Wait until a frame newer than ``index`` arrived (or ``timeout`` seconds)."""
-        if self.newest_index > index:
-            return True
+        if self.newest_index <= index:
+            await self._next_wake(timeout)
+        return self.newest_index > index
+
+    async def _next_wake(self, timeout: float) -> None:
+        """Sleep until :meth:`wake` (a frame, or a failure) or ``timeout`` seconds."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
@@ -225,10 +220,9 @@ class FrameStore:
         finally:
             if fut in self._waiters:
                 self._waiters.remove(fut)
-        return self.newest_index > index
 
     def wake(self) -> None:
-        """Wake everything waiting in :meth:`wait_decodable` (new data, or a failure)."""
+        """Wake everything waiting for data (a new frame, or a failure)."""
         if self._waiters:
             for fut in self._waiters:
                 if not fut.done():
