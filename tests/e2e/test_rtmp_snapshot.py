@@ -84,6 +84,27 @@ def test_ffmpeg_with_bframes_and_audio(server):
         pub.stop()
 
 
+def test_bframe_stream_snapshot_shows_the_newest_frame_received(make_server):
+    # x264 "fast" reorders frames (B-frames): the decoder releases a picture only 2 frames
+    # later, so a lazy snapshot drains it to show the newest frame the server holds.
+    server = make_server(streams={"decode": "lazy"})
+    pub = ffmpeg_counter(server.rtmp_url("fresh"), extra=("-preset", "fast", "-bf", "3"))
+    try:
+        server.wait_stream("fresh", frames=10)
+        shown = []
+        for _ in range(5):
+            time.sleep(0.3)
+            status, png, headers = server.request("GET", "/streams/fresh/snapshot.png")
+            assert status == 200, png
+            # the newest frame received when asked (without the drain: the reorder delay, 2)
+            assert headers["X-Frames-Behind"] == "0", headers
+            shown.append(read_counter(png))
+            assert shown[-1] <= pub.sent  # x264's lookahead holds ~40 frames: no lower bound
+        assert shown == sorted(shown) and len(set(shown)) == len(shown), shown
+    finally:
+        pub.stop()
+
+
 @pytest.mark.skipif(not gst_has("rtmp2sink"), reason="GStreamer rtmp2sink not installed")
 def test_gstreamer_rtmp2sink_current_frame(server):
     pub = gst_counter(server.rtmp_url("gst2"), sink="rtmp2sink", width=1280, height=720)

@@ -119,6 +119,35 @@ def test_stream_with_bframes_gives_newest_picture(bframe_tags):
     assert 92 <= shown(store) <= 94
 
 
+def newest_sent(tags: list) -> int:
+    """The highest frame number (display order) among the coded frames in ``tags``."""
+    pts = [t.timestamp + v.cts for t in tags if (v := parse_video(t.data)).kind == CODED_FRAMES]
+    return round((max(pts) - pts[0]) * 30 / 1000)  # frame 0 is the first keyframe
+
+
+def test_fresh_request_drains_the_reorder_buffer(bframe_tags):
+    store = FrameStore("fresh")
+    load(store, bframe_tags[:72])
+    held = store.decode_latest()  # what the decoder released: older than the newest frame
+    assert held is not None and store.frames_behind(held) >= 1
+    fresh = store.decode_latest(fresh=True)
+    assert fresh is not None and store.frames_behind(fresh) == 0
+    assert shown(store) == newest_sent(bframe_tags[:72])
+    load(store, bframe_tags[72:80])  # the decoder restarts from the keyframe after a drain
+    fresh = store.decode_latest(fresh=True)
+    assert fresh is not None and store.frames_behind(fresh) == 0
+    assert shown(store) == newest_sent(bframe_tags[:80])
+
+
+def test_continuous_stream_is_not_drained(bframe_tags):
+    store = FrameStore("warm")
+    store.continuous = True
+    load(store, bframe_tags[:72])
+    pic = store.decode_latest(fresh=True)
+    assert pic is not None and 1 <= store.frames_behind(pic) <= 4  # the reorder delay
+    assert store._dec_gop == store._gop_id  # the decoder kept its place
+
+
 def test_first_picture_right_after_a_keyframe(bframe_tags):
     store = FrameStore("first")
     load(store, bframe_tags[:2])  # sequence header + the keyframe only

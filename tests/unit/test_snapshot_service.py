@@ -43,9 +43,9 @@ async def test_two_hundred_concurrent_requests_one_decode_one_encode(service, ta
     decode_threads = set()
     original = stream.frames.decode_latest
 
-    def spy():
+    def spy(**kwargs):
         decode_threads.add(threading.get_ident())
-        return original()
+        return original(**kwargs)
 
     stream.frames.decode_latest = spy
     snaps = await asyncio.gather(*(service.take(stream) for _ in range(200)))

@@ -79,6 +79,7 @@ class FrameStore:
         self._dec_best: Picture | None = None
         self._dec_index: dict[int, int] = {}  # pts -> frame index, for the GOP being decoded
         self._latest: Picture | None = None
+        self._seen = (-1, 0)  # (GOP id, packets) that _latest was last brought up to date with
         self._lock = threading.Lock()
         self._waiters: list[asyncio.Future[None]] = []
         self.decode_errors = 0
@@ -230,8 +231,14 @@ class FrameStore:
             self._waiters.clear()
 
     # ---------------------------------------------------------------- decoding (worker thread)
-    def decode_latest(self) -> Picture | None:
+    def decode_latest(self, fresh: bool = False) -> Picture | None:
         """Decode what has not been decoded yet and return the newest picture.
+
+        ``fresh`` (a snapshot request on a lazily decoded stream): when the decoder holds back
+        newer pictures for reordering (B-frames), drain it so the newest frame received is
+        shown, not the one ``has_b_frames`` frames older. Draining costs a decoder restart
+        from the keyframe, which a lazy stream's next request (usually in a later GOP) pays
+        anyway; continuously decoded streams are not drained, so their decoder never restarts.
 
         Blocking (CPU): call it from a worker thread. Concurrent callers are serialised.
         """
@@ -241,8 +248,12 @@ class FrameStore:
             latest = self._latest
             if n == 0:
                 return latest
-            if latest is not None and latest.gop == gop_id and latest.index >= gop[n - 1].index:
-                return latest
+            if (
+                latest is not None
+                and self._seen == (gop_id, n)
+                and (not fresh or self.continuous or latest.pts >= self._max_pts(gop, n))
+            ):
+                return latest  # no packet since, and nothing newer held back
             decoder = self._decoder
             if decoder is None:
                 decoder = self._decoder = self._open_decoder()
@@ -262,17 +273,31 @@ class FrameStore:
                 for frame in self._decode(decoder, pkt):
                     best = self._better(best, frame, index_of, gop_id)
             self._dec_gop, self._dec_pos = gop_id, n
-            if best is None:
-                # The decoder holds back frames for reordering (B-frames) and has given none
-                # of this GOP yet: drain it. It then restarts from the keyframe next time.
+            if best is None or (fresh and not self.continuous and best.pts < self._max_pts(gop, n)):
+                # The decoder holds back frames for reordering (B-frames): none of this GOP
+                # yet, or a newer one than it gave. Drain it; it restarts from the keyframe.
                 best = self._drain(decoder, best, index_of, gop_id)
             self._dec_best = best
+            self._seen = (gop_id, n)
             if best is not None and (
-                latest is None or latest.gop != gop_id or best.index >= latest.index
+                latest is None or latest.gop != gop_id or best.pts >= latest.pts
             ):
                 self._latest = best
                 self.width, self.height = best.frame.width, best.frame.height
             return self._latest
+
+    @staticmethod
+    def _max_pts(gop: list[_Packet], n: int) -> int:
+        return max(pkt.pts for pkt in gop[:n])
+
+    def frames_behind(self, picture: Picture, received: int | None = None) -> int:
+        """Freshness: how many of the first ``received`` frames (default: all so far) are newer,
+        in display order, than ``picture``. 0: it shows the newest frame received by then."""
+        gop, limit = self._gop, self.frames_in if received is None else received
+        same_gop = picture.gop == self._gop_id
+        return sum(
+            1 for pkt in gop if pkt.index < limit and (not same_gop or pkt.pts > picture.pts)
+        )
 
     def _open_decoder(self) -> av.CodecContext | None:
         try:

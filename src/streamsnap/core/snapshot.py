@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import time
 from concurrent.futures import Executor
@@ -55,6 +56,7 @@ class Snapshot:
     media_session_id: str = ""
     frame_index: int = -1  # which received video frame it shows
     pts: int = -1
+    frames_behind: int = 0  # frames newer than the one shown that had arrived when asked
     taken_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     @property
@@ -101,7 +103,7 @@ class SnapshotService:
         self._inflight[key] = fut
         try:
             snap = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._render, stream, request
+                self.executor, self._render, stream, request, stream.frames.frames_in
             )
         except BaseException as exc:
             fut.set_exception(exc)
@@ -134,14 +136,18 @@ class SnapshotService:
         if not stream.frames.decodable:
             raise SnapshotTimeout("Snapshot response timeout")
 
-    def _render(self, stream: Stream, request: SnapshotRequest) -> Snapshot:
-        """Worker thread: decode to the newest picture, encode it unless already cached."""
-        picture = stream.frames.decode_latest()
+    def _render(self, stream: Stream, request: SnapshotRequest, received: int) -> Snapshot:
+        """Worker thread: decode to the newest picture, encode it unless already cached.
+        ``received``: frames the stream had received when asked (for the freshness figure)."""
+        picture = stream.frames.decode_latest(fresh=True)
         if picture is None:
             raise SnapshotError(f"stream {stream.name!r}: no decodable picture yet")
+        behind = stream.frames.frames_behind(picture, received)
         cache = self._cache.setdefault(stream.media_session_id, {})
         cached = cache.get(request.key)
         if cached is not None and cached.frame_index == picture.index:
+            if cached.frames_behind != behind:
+                cached = cache[request.key] = dataclasses.replace(cached, frames_behind=behind)
             return cached
         rgb = imaging.to_rgb(picture.frame, request.width, request.height)
         data = imaging.encode(rgb, request.format, request.quality, self.config.png_encoder)
@@ -155,6 +161,7 @@ class SnapshotService:
             media_session_id=stream.media_session_id,
             frame_index=picture.index,
             pts=picture.pts,
+            frames_behind=behind,
         )
         cache[request.key] = snap
         return snap

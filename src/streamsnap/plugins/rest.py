@@ -159,6 +159,7 @@ async def snapshot_image(request: web.Request) -> web.StreamResponse:
             "X-Stream-Name": snap.stream_name.encode("unicode_escape").decode("ascii"),
             "X-Media-Session-Id": snap.media_session_id,
             "X-Frame-Index": str(snap.frame_index),
+            "X-Frames-Behind": str(snap.frames_behind),
             "X-Snapshot-Timestamp": str(snap.taken_ms),
         },
     )
