@@ -8,8 +8,11 @@ snapshot only encodes. A stream is decoded continuously while
 - snapshots of it come at least ``decode_demand_per_s`` a second (continuous decode is then
   cheaper than decoding a GOP per request: DESIGN.md's 0.09 CPU-s per lazy snapshot against
   0.08 CPU-s per second of continuous decode at 720p), or
-- it was asked for in the last ``decode_warm_s`` seconds and the server's CPU use is below
-  ``decode_cpu_budget``: spare CPU keeps recently watched streams warm.
+- it was asked for in the last ``decode_warm_s`` seconds and the machine's CPU use (all cores,
+  every process: FFmpeg children and neighbours count) is below ``decode_cpu_budget``: spare
+  CPU keeps recently watched streams warm. Warm streams are admitted one a tick, most recently
+  asked for first, while CPU stays below the budget by a margin, and let go one a tick, least
+  recently asked for first, while it is above: no stampede, no oscillation.
 
 It falls back to lazy when the demand stops, or when CPU is short (warm streams go first).
 
@@ -34,13 +37,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEMAND_WINDOW_S = 10.0
+ADMIT_MARGIN = 0.1  # a warm stream is admitted only while CPU is this far below the budget
+
+
+def _read_proc_stat() -> tuple[float, float] | None:
+    """(busy, total) jiffies of all cores since boot, or None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
 
 
 class DecodePolicy:
     def __init__(self, app: App) -> None:
         self.app = app
         self.config = app.config.streams
-        self.cpu = 0.0  # the server's CPU use over the last tick, share of all cores
+        self.cpu = 0.0  # the machine's CPU use over the last tick, share of all cores
+        self._proc_mark = _read_proc_stat()
         self._cpu_mark = (time.process_time(), time.monotonic())
         self._inflight: set[str] = set()  # media session ids with a decode running
         self.decodes = 0
@@ -51,6 +68,15 @@ class DecodePolicy:
         stream.requests.append(time.monotonic())
 
     def measure_cpu(self) -> float:
+        """CPU use since the last call, share of all cores: the whole machine where /proc/stat
+        tells it, this process otherwise."""
+        mark = _read_proc_stat()
+        if mark is not None and self._proc_mark is not None:
+            busy, total = mark[0] - self._proc_mark[0], mark[1] - self._proc_mark[1]
+            self._proc_mark = mark
+            if total > 0:
+                self.cpu = busy / total
+            return self.cpu
         cpu, wall = time.process_time(), time.monotonic()
         last_cpu, last_wall = self._cpu_mark
         self._cpu_mark = (cpu, wall)
@@ -59,28 +85,48 @@ class DecodePolicy:
         return self.cpu
 
     # ---------------------------------------------------------------- decision
-    def wants_continuous(self, stream: Stream, now: float, cpu: float) -> bool:
-        frames = stream.frames
-        if frames.decodes_itself:
-            return False  # pictures arrive decoded (WebRTC): nothing to decide
+    def reason(self, stream: Stream, now: float) -> str | None:
+        """Why ``stream`` may be decoded continuously: "fixed" (``decode = "continuous"``),
+        "demand", "warm" (CPU allowing), or None (lazy)."""
+        if stream.frames.decodes_itself:
+            return None  # pictures arrive decoded (WebRTC): nothing to decide
         mode = self.config.decode
         if mode != "adaptive":
-            return mode == "continuous"
-        recent = [t for t in stream.requests if now - t <= DEMAND_WINDOW_S]
-        if len(recent) / DEMAND_WINDOW_S >= self.config.decode_demand_per_s:
-            return True
-        last = stream.requests[-1] if stream.requests else None
-        return (
-            last is not None
-            and now - last <= self.config.decode_warm_s
-            and cpu < self.config.decode_cpu_budget
-        )
+            return "fixed" if mode == "continuous" else None
+        recent = sum(1 for t in stream.requests if now - t <= DEMAND_WINDOW_S)
+        if recent / DEMAND_WINDOW_S >= self.config.decode_demand_per_s:
+            return "demand"
+        if stream.requests and now - stream.requests[-1] <= self.config.decode_warm_s:
+            return "warm"
+        return None
+
+    def decide(self, streams: list[Stream], now: float, cpu: float) -> dict[str, bool]:
+        """Continuous or not for each stream (by mediaSessionId), from the current modes."""
+        out: dict[str, bool] = {}
+        warm: list[Stream] = []
+        for stream in streams:
+            why = self.reason(stream, now)
+            out[stream.media_session_id] = why in ("fixed", "demand")
+            if why == "warm":
+                warm.append(stream)
+        warm.sort(key=lambda s: s.requests[-1], reverse=True)  # most recently asked first
+        kept = [s for s in warm if s.frames.continuous]
+        waiting = [s for s in warm if not s.frames.continuous]
+        budget = self.config.decode_cpu_budget
+        if cpu > budget and kept:
+            kept.pop()  # let the least recently asked go; the next tick sees the effect
+        elif cpu < budget - ADMIT_MARGIN and waiting:
+            kept.append(waiting[0])
+        for stream in kept:
+            out[stream.media_session_id] = True
+        return out
 
     def tick(self) -> None:
-        now = time.monotonic()
         cpu = self.measure_cpu()
-        for stream in self.app.streams:
-            want = self.wants_continuous(stream, now, cpu)
+        streams = list(self.app.streams)
+        decision = self.decide(streams, time.monotonic(), cpu)
+        for stream in streams:
+            want = decision[stream.media_session_id]
             if want != stream.frames.continuous:
                 stream.frames.continuous = want
                 log.info(
