@@ -69,6 +69,10 @@ def test_metrics_in_prometheus_text_format(server):
     assert 'streamsnap_streams{protocol="rtmp"} 1' in text
     assert 'streamsnap_stream_frames_total{stream="metered",protocol="rtmp"}' in text
     assert "streamsnap_snapshot_requests_total 1" in text
+    assert "# TYPE streamsnap_snapshot_encode_seconds histogram" in text
+    assert "streamsnap_snapshot_encode_seconds_count 1" in text
+    assert 'streamsnap_snapshot_frames_behind_bucket{le="+Inf"} 1' in text
+    assert 'streamsnap_decode_passes_total{stream="metered"}' in text
     for line in text.splitlines():  # every sample line is NAME{labels} VALUE
         if line and not line.startswith("#"):
             assert __import__("re").fullmatch(r"[a-z_]+(\{.*\})? [0-9.e+-]+", line), line

@@ -49,7 +49,8 @@ async def test_two_hundred_concurrent_requests_one_decode_one_encode(service, ta
 
     stream.frames.decode_latest = spy
     snaps = await asyncio.gather(*(service.take(stream) for _ in range(200)))
-    assert service.encodes == 1
+    assert service.encodes == 1 and stream.frames.decode_passes == 1
+    assert service.encode_seconds.count == 1
     assert len({id(s) for s in snaps}) == 1 and snaps[0].frame_index == 39
     assert loop_thread not in decode_threads  # decode and encode ran in the pool
 

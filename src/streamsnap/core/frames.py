@@ -83,6 +83,8 @@ class FrameStore:
         self._lock = threading.Lock()
         self._waiters: list[asyncio.Future[None]] = []
         self.decode_errors = 0
+        self.decode_passes = 0  # decode_latest calls that fed the decoder (or drained it)
+        self.frames_decoded = 0
         self.continuous = False  # decoded as frames arrive (the decode policy decides)
         self.decodes_itself = False  # pictures arrive decoded (push_picture)
 
@@ -268,6 +270,8 @@ class FrameStore:
                 start = self._dec_pos
             best = self._dec_best
             index_of = self._dec_index
+            self.decode_passes += 1
+            self.frames_decoded += n - start
             for pkt in gop[start:n]:
                 index_of[pkt.pts] = pkt.index
                 for frame in self._decode(decoder, pkt):

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING
 
 from . import imaging
 from .errors import SnapshotError, StreamNotFound
+from .stats import Histogram
+
+FRESHNESS_BUCKETS = (0, 1, 2, 4, 8, 16, 32)  # frames
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -81,6 +84,9 @@ class SnapshotService:
         self._cache: dict[str, dict[tuple, Snapshot]] = {}
         self.requests = 0
         self.encodes = 0
+        self.decode_seconds = Histogram()  # bringing the stream's picture up to date
+        self.encode_seconds = Histogram()  # scaling, colour conversion and image encoding
+        self.frames_behind = Histogram(FRESHNESS_BUCKETS)
 
     def forget(self, stream: Stream) -> None:
         self._cache.pop(stream.media_session_id, None)
@@ -139,10 +145,14 @@ class SnapshotService:
     def _render(self, stream: Stream, request: SnapshotRequest, received: int) -> Snapshot:
         """Worker thread: decode to the newest picture, encode it unless already cached.
         ``received``: frames the stream had received when asked (for the freshness figure)."""
+        t0 = time.perf_counter()
         picture = stream.frames.decode_latest(fresh=True)
+        t1 = time.perf_counter()
+        self.decode_seconds.observe(t1 - t0)
         if picture is None:
             raise SnapshotError(f"stream {stream.name!r}: no decodable picture yet")
         behind = stream.frames.frames_behind(picture, received)
+        self.frames_behind.observe(behind)
         cache = self._cache.setdefault(stream.media_session_id, {})
         cached = cache.get(request.key)
         if cached is not None and cached.frame_index == picture.index:
@@ -151,6 +161,7 @@ class SnapshotService:
             return cached
         rgb = imaging.to_rgb(picture.frame, request.width, request.height)
         data = imaging.encode(rgb, request.format, request.quality, self.config.png_encoder)
+        self.encode_seconds.observe(time.perf_counter() - t1)
         self.encodes += 1
         snap = Snapshot(
             data=data,

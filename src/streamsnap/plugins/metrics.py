@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from ..core.app import APP_KEY, App
+from ..core.stats import Histogram
 from ..hooks import hookimpl
 
 
@@ -32,6 +33,13 @@ def render(app: App) -> str:
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {kind}")
         out.extend(_line(name, value, labels) for value, labels in samples)
+
+    def histogram(name: str, help_text: str, hist: Histogram) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} histogram")
+        out.extend(_line(f"{name}_bucket", n, {"le": le}) for le, n in hist.cumulative())
+        out.append(_line(f"{name}_sum", hist.sum))
+        out.append(_line(f"{name}_count", hist.count))
 
     streams = list(app.streams)
     by_protocol = Counter(s.protocol for s in streams)
@@ -68,6 +76,36 @@ def render(app: App) -> str:
         "counter",
         "Pictures encoded (requests for the same frame share one).",
         [(snaps.encodes, None)],
+    )
+    for name, help_text, hist in (
+        (
+            "streamsnap_snapshot_decode_seconds",
+            "Time a snapshot spent bringing the stream's picture up to date (decoding).",
+            snaps.decode_seconds,
+        ),
+        (
+            "streamsnap_snapshot_encode_seconds",
+            "Time a snapshot spent scaling, converting and encoding the picture.",
+            snaps.encode_seconds,
+        ),
+        (
+            "streamsnap_snapshot_frames_behind",
+            "Freshness: frames received before the request newer than the one shown.",
+            snaps.frames_behind,
+        ),
+    ):
+        histogram(name, help_text, hist)
+    metric(
+        "streamsnap_decode_passes_total",
+        "counter",
+        "Decoder runs per live stream (a snapshot, or a continuous decode step).",
+        [(s.frames.decode_passes, {"stream": s.name}) for s in streams],
+    )
+    metric(
+        "streamsnap_frames_decoded_total",
+        "counter",
+        "Video frames decoded per live stream (lazy streams decode only when asked).",
+        [(s.frames.frames_decoded, {"stream": s.name}) for s in streams],
     )
     auto = app.state.get("auto_snapshot")
     if auto is not None:
