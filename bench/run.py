@@ -160,44 +160,145 @@ def wait_live(server: ServerProcess, name: str) -> None:
     server.wait_stream(name, timeout=30, frames=60)
 
 
+FRESH_METRIC = "streamsnap_snapshot_frames_behind_bucket"
+
+
+def freshness_buckets(server: ServerProcess) -> dict[str, float]:
+    """Cumulative counts of the server's freshness histogram (frames behind, by ``le``)."""
+    out: dict[str, float] = {}
+    text = server.request("GET", "/metrics")[1].decode()
+    for line in text.splitlines():
+        if line.startswith(FRESH_METRIC + "{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[le] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def freshness_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {le: after[le] - before.get(le, 0.0) for le in after}
+
+
+def idle_round_robin(
+    servers: dict[str, ServerProcess], names: list[str], rounds: int, idle_s: float
+) -> dict[str, list[float]]:
+    """Each stream is asked for once every ``idle_s`` (a little more), one after another, so
+    every request finds its stream untouched for ``idle_s``."""
+    out: dict[str, list[float]] = {label: [] for label in servers}
+    gap = (idle_s + 0.5) / len(names)
+    for _ in range(rounds):
+        for name in names:
+            time.sleep(gap)
+            for label, srv in servers.items():
+                out[label].append(rest_snapshot_ms(srv, name))
+    return out
+
+
 def bench_latency(
     servers: dict[str, ServerProcess],
     nginx: NginxRtmp | None,
     sizes: list[str],
     n_rest: int,
     n_cli: int,
+    idle_streams: int,
+    idle_rounds: int,
 ) -> dict:
-    """REST snapshot latency on each server (decode modes), and the FFmpeg CLI on nginx-rtmp."""
+    """REST snapshot latency and freshness: streams idle for 10 s (on a lazy and an adaptive
+    server), a warm stream (adaptive), and the FFmpeg CLI on nginx-rtmp."""
     results: dict = {}
     for size in sizes:
         clip = make_clip(size)
-        name = f"lat{size}"
-        pubs = [publish(clip, srv.rtmp_url(name)) for srv in servers.values()]
+        names = [f"lat{size}-{i}" for i in range(idle_streams)]
+        pubs = [publish(clip, srv.rtmp_url(n)) for srv in servers.values() for n in names]
         if nginx:
-            pubs.append(publish(clip, nginx.url(name)))
-        results[size] = {}
+            pubs.append(publish(clip, nginx.url(names[0])))
+        res: dict = results.setdefault(size, {})
         try:
             for srv in servers.values():
-                wait_live(srv, name)
-            time.sleep(2)
+                for n in names:
+                    wait_live(srv, n)
+            time.sleep(10.5)  # nobody has asked: every stream idle for 10 s
+            log(
+                f"{size}: {idle_streams} streams per server, each asked for once every 10 s "
+                f"({idle_rounds} rounds)"
+            )
+            before = {label: freshness_buckets(srv) for label, srv in servers.items()}
+            idle = idle_round_robin(servers, names, idle_rounds, 10.0)
             for label, srv in servers.items():
-                log(f"{size}: {n_rest} REST snapshots at random moments ({label} decode)")
-                rest = []
-                for _ in range(n_rest):
-                    time.sleep(random.uniform(0.2, 1.2))  # land anywhere in the GOP
-                    rest.append(rest_snapshot_ms(srv, name))
-                results[size][f"rest_{label}_ms"] = rest
+                res[f"idle10_{label}_ms"] = idle[label]
+                res[f"idle10_{label}_fresh"] = freshness_delta(
+                    before[label], freshness_buckets(srv)
+                )
+            srv = servers["adaptive"]
+            log(f"{size}: {n_rest} REST snapshots 0.2-1.2 s apart (adaptive: warm)")
+            before_warm = freshness_buckets(srv)
+            warm = []
+            for _ in range(n_rest):
+                time.sleep(random.uniform(0.2, 1.2))  # land anywhere in the GOP
+                warm.append(rest_snapshot_ms(srv, names[0]))
+            res["warm_adaptive_ms"] = warm
+            res["warm_adaptive_fresh"] = freshness_delta(before_warm, freshness_buckets(srv))
             if nginx:
                 log(f"{size}: {n_cli} runs of ffmpeg -i rtmp://nginx/... -frames:v 1")
-                results[size]["ffmpeg_cli_ms"] = [
-                    ffmpeg_cli_ms(nginx.url(name), OUT / "cli.png") for _ in range(n_cli)
+                res["ffmpeg_cli_ms"] = [
+                    ffmpeg_cli_ms(nginx.url(names[0]), OUT / "cli.png") for _ in range(n_cli)
                 ]
+            if size == sizes[0]:
+                res["concurrent"] = bench_concurrent(servers["lazy"], names[1], rounds=5)
         finally:
             for p in pubs:
                 stop(p)
         for srv in servers.values():
-            srv.wait_gone(name)
+            for n in names:
+                srv.wait_gone(n)
     return results
+
+
+def bench_concurrent(server: ServerProcess, name: str, rounds: int, clients: int = 200) -> dict:
+    """``clients`` simultaneous requests for one idle stream (a lazy server): how many decoder
+    runs and encodes they cost (from /metrics), and their latency."""
+    import asyncio
+
+    import aiohttp
+
+    url = f"{server.http}/streams/{name}/snapshot.jpg"
+
+    async def burst() -> list[float]:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=True)
+        ) as session:
+
+            async def one() -> float:
+                t0 = time.perf_counter()
+                async with session.get(url) as resp:
+                    await resp.read()
+                    assert resp.status == 200, resp.status
+                return (time.perf_counter() - t0) * 1000
+
+            return list(await asyncio.gather(*(one() for _ in range(clients))))
+
+    def counters() -> tuple[float, float]:
+        text = server.request("GET", "/metrics")[1].decode()
+        passes = encodes = 0.0
+        for line in text.splitlines():
+            if line.startswith(f'streamsnap_decode_passes_total{{stream="{name}"}}'):
+                passes = float(line.rsplit(" ", 1)[1])
+            elif line.startswith("streamsnap_snapshot_encodes_total "):
+                encodes = float(line.rsplit(" ", 1)[1])
+        return passes, encodes
+
+    log(f"{rounds} bursts of {clients} simultaneous JPEG snapshots of one idle stream")
+    out: dict = {"clients": clients, "rounds": []}
+    for _ in range(rounds):
+        time.sleep(3)
+        p0, e0 = counters()
+        lat = asyncio.run(burst())
+        p1, e1 = counters()
+        out["rounds"].append({"ms": lat, "decodes": p1 - p0, "encodes": e1 - e0})
+        log(
+            f"  burst: p50 {statistics.median(lat):.0f} ms, p99 {percentile(lat, 99):.0f} ms, "
+            f"{p1 - p0:.0f} decoder run(s), {e1 - e0:.0f} encode(s)"
+        )
+    return out
 
 
 def bench_idle(server: ServerProcess, nginx: NginxRtmp | None, streams: int, window: float) -> dict:
@@ -208,6 +309,7 @@ def bench_idle(server: ServerProcess, nginx: NginxRtmp | None, streams: int, win
         *((("nginx-rtmp", nginx.proc.pid, nginx.url),) if nginx else ()),
     ):
         time.sleep(2)
+        mem0 = tree_pss_mib(pid)
         c0 = cpu_seconds(pid)
         time.sleep(window / 2)
         base = (cpu_seconds(pid) - c0) / (window / 2)
@@ -220,6 +322,7 @@ def bench_idle(server: ServerProcess, nginx: NginxRtmp | None, streams: int, win
             c0, t0 = cpu_seconds(pid), time.monotonic()
             time.sleep(window)
             used = (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+            mem1 = tree_pss_mib(pid)
         finally:
             for p in pubs:
                 stop(p)
@@ -232,6 +335,7 @@ def bench_idle(server: ServerProcess, nginx: NginxRtmp | None, streams: int, win
             "total_pct": used * 100,
             "baseline_pct": base * 100,
             "per_stream_pct": per_stream,
+            "mem_per_stream_mib": (mem1 - mem0) / streams,
         }
         if label == "streamsnap":
             for i in range(streams):
@@ -313,6 +417,7 @@ def bench_rtsp(
             time.sleep(1)
         time.sleep(2)
         pid = server.proc.pid
+        mem0 = tree_pss_mib(pid)
         c0 = tree_cpu_seconds(pid)
         time.sleep(window / 2)
         base = (tree_cpu_seconds(pid) - c0) / (window / 2)
@@ -334,6 +439,7 @@ def bench_rtsp(
                 server.request("POST", "/rest-api/stream/find", {"name": url})
             time.sleep(1)
         used = (tree_cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+        mem1 = tree_pss_mib(pid)
         per = (used - base) / cameras * 100
         log(
             f"RTSP idle: {used * 100:.1f} % of a core for {cameras} cameras "
@@ -344,10 +450,172 @@ def bench_rtsp(
             "total_pct": used * 100,
             "baseline_pct": base * 100,
             "per_camera_pct": per,
+            "mem_per_camera_mib": (mem1 - mem0) / cameras,
         }
     finally:
         cam.stop()
     return out
+
+
+def machine_jiffies() -> tuple[float, float]:
+    """(busy, total) CPU time of the whole machine since boot, from /proc/stat."""
+    fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(fields[:8])
+    return total - fields[3] - fields[4], total
+
+
+def scheduled_snapshots(
+    server: ServerProcess, urls: list[str], interval: float, window: float
+) -> tuple[list[float], int]:
+    """Snapshot every camera once every ``interval`` seconds, staggered evenly, for ``window``
+    seconds; requests run in threads so that a slow one never delays the schedule."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(url: str) -> float | None:
+        try:
+            return rest_snapshot_ms(server, url)
+        except Exception as exc:  # counted as a failure, reported
+            log(f"  snapshot of {url} failed: {exc}")
+            return None
+
+    step = interval / len(urls)
+    total = int(window / step)
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        futures = []
+        for k in range(total):
+            delay = start + k * step - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(one, urls[k % len(urls)]))
+        results = [f.result() for f in futures]
+    lat = [r for r in results if r is not None]
+    return lat, len(results) - len(lat)
+
+
+def bench_capacity(counts: list[int], window: float, interval: float = 10.0) -> dict:
+    """720p RTSP cameras pulled at once, each snapshotted every ``interval`` s: latency and CPU
+    against the number of cameras, for the adaptive policy and for decoding every frame (what
+    Frigate does), until a step misses p99 <= 250 ms or leaves less than 30 % of the CPU."""
+    from tests.helpers.rtsp import RtspCamera, camera_available
+
+    if not camera_available():
+        log("GStreamer RTSP server not installed: capacity benchmark skipped")
+        return {}
+    cores = os.cpu_count() or 1
+    cam = RtspCamera(size="1280x720", gop=60)
+    out: dict = {
+        "camera": "GStreamer RTSP server, x264 ultrafast 720p30, keyframe every 60 frames",
+        "interval_s": interval,
+        "window_s": window,
+        "modes": {},
+    }
+    try:
+        for mode in ("adaptive", "continuous"):
+            work = Path(tempfile.mkdtemp(prefix=f"bench-capacity-{mode}-"))
+            config = write_config(
+                work / "capacity.toml",
+                server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
+                rtsp={"idle_timeout_s": 3600, "allowed_hosts": ["127.0.0.1"]},
+                streams={"decode": mode},
+            )
+            server = ServerProcess(config, cwd=work).start()
+            pid = server.proc.pid
+            runs: list[dict] = []
+            urls: list[str] = []
+            try:
+                for n in counts:
+                    while len(urls) < n:  # find starts a pull without asking for a picture
+                        urls.append(cam.url(query=f"?cap={len(urls)}"))
+                        server.request("POST", "/rest-api/stream/find", {"name": urls[-1]})
+                    deadline = time.monotonic() + 60
+                    for url in urls:
+                        while time.monotonic() < deadline:
+                            status, raw, _ = server.request(
+                                "POST", "/rest-api/stream/find", {"name": url}
+                            )
+                            if status == 200 and json.loads(raw)[0]["framesIn"] > 0:
+                                break
+                            time.sleep(0.2)
+                    time.sleep(5)
+                    c0, (b0, t0) = tree_cpu_seconds(pid), machine_jiffies()
+                    w0 = time.monotonic()
+                    lat, failed = scheduled_snapshots(server, urls, interval, window)
+                    wall = time.monotonic() - w0
+                    c1, (b1, t1) = tree_cpu_seconds(pid), machine_jiffies()
+                    cpu = (c1 - c0) / wall * 100  # % of one core: server + FFmpeg children
+                    left = 100 - cpu / cores
+                    run = {
+                        "cameras": n,
+                        "p50_ms": statistics.median(lat) if lat else None,
+                        "p99_ms": percentile(lat, 99) if lat else None,
+                        "n": len(lat),
+                        "failed": failed,
+                        "cpu_pct": cpu,
+                        "cpu_left_pct": left,
+                        "machine_busy_pct": (b1 - b0) / (t1 - t0) * 100,
+                        "mem_mib": tree_pss_mib(pid),
+                    }
+                    run["held"] = bool(lat and not failed and run["p99_ms"] <= 250 and left >= 30)
+                    runs.append(run)
+                    log(
+                        f"capacity {mode} x{n}: p50 {run['p50_ms'] or 0:.0f} ms, p99 "
+                        f"{run['p99_ms'] or 0:.0f} ms, {failed} failed, streamsnap {cpu:.0f} % "
+                        f"of a core ({left:.0f} % of the machine left; machine busy "
+                        f"{run['machine_busy_pct']:.0f} %) -> {'held' if run['held'] else 'MISSED'}"
+                    )
+                    if not run["held"]:
+                        break
+            finally:
+                server.stop()
+                shutil.rmtree(work, ignore_errors=True)
+            out["modes"][mode] = runs
+    finally:
+        cam.stop()
+    return out
+
+
+def capacity_plot(cap: dict, path: Path) -> bool:
+    """Latency percentiles and CPU per camera against the number of cameras (matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib not installed: no plot (pip install -e '.[bench]')")
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"adaptive": "tab:blue", "continuous": "tab:red"}
+    labels = {"adaptive": "streamsnap adaptive", "continuous": "decode every frame"}
+    for mode, runs in cap["modes"].items():
+        xs = [r["cameras"] for r in runs if r["p50_ms"] is not None]
+        runs = [r for r in runs if r["p50_ms"] is not None]
+        color = styles.get(mode, "gray")
+        ax1.plot(xs, [r["p50_ms"] for r in runs], "o-", color=color, label=f"{labels[mode]} p50")
+        ax1.plot(xs, [r["p99_ms"] for r in runs], "s--", color=color, label=f"{labels[mode]} p99")
+        ax2.plot(
+            xs, [r["cpu_pct"] / r["cameras"] for r in runs], "o-", color=color, label=labels[mode]
+        )
+    ax1.axhline(250, color="gray", linewidth=0.8, linestyle=":")
+    ax1.set(xlabel="720p30 RTSP cameras", ylabel="snapshot latency, ms", title="Latency")
+    ax1.set_yscale("log")
+    ax1.legend(fontsize=8)
+    ax2.set(
+        xlabel="720p30 RTSP cameras",
+        ylabel="% of one core per camera",
+        title="CPU per camera (server + FFmpeg)",
+    )
+    ax2.set_ylim(bottom=0)
+    ax2.legend(fontsize=8)
+    fig.suptitle(
+        f"Each camera snapshotted every {cap['interval_s']:.0f} s; {os.cpu_count()} cores",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
 
 
 def rss_mib(pid: int) -> float:
@@ -355,6 +623,21 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size: private memory plus a fair share of shared pages (libraries)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def tree_pss_mib(pid: int) -> float:
+    return pss_mib(pid) + sum(pss_mib(child) for child in child_pids(pid))
 
 
 WEBRTC_JS = """async ([wsUrl, name, rounds]) => {
@@ -609,8 +892,149 @@ Cost of keeping 720p30 cameras pulled with no snapshots: {idle["cameras"]} camer
 """
 
 
-PARTS = ["rtmp", "rtsp", "webrtc", "auto"]
-RESULT_KEYS = ["latency", "idle", "rtsp", "webrtc", "auto"]
+PARTS = ["rtmp", "rtsp", "capacity", "webrtc", "auto"]
+RESULT_KEYS = ["latency", "idle", "rtsp", "capacity", "webrtc", "auto"]
+PLOT = ROOT / "bench" / "capacity.png"
+
+
+def fresh_text(buckets: dict[str, float] | None) -> str:
+    """ "N % at 0, max M" from a freshness histogram delta."""
+    if not buckets or not buckets.get("+Inf"):
+        return "-"
+    total = buckets["+Inf"]
+    worst = next((le for le in buckets if buckets[le] >= total), "+Inf")
+    return f"{buckets.get('0.0', buckets.get('0', 0)) / total * 100:.0f} % at 0, max {worst}"
+
+
+def pct(values: list[float] | None, p: float) -> float | None:
+    if not values:
+        return None
+    return statistics.median(values) if p == 50 else percentile(values, p)
+
+
+def capacity_section(cap: dict) -> str:
+    if not cap:
+        return "## Capacity (RTSP cameras)\nSkipped: GStreamer RTSP server not installed.\n"
+    rows = []
+    for mode, runs in cap["modes"].items():
+        for r in runs:
+            rows.append(
+                f"| {mode} | {r['cameras']} | {r['p50_ms'] or 0:.0f} | {r['p99_ms'] or 0:.0f} | "
+                f"{r['n']} | {r['failed']} | {r['cpu_pct']:.0f} | {r['cpu_pct'] / r['cameras']:.2f} | "
+                f"{r['cpu_left_pct']:.0f} | {r['machine_busy_pct']:.0f} | "
+                f"{'yes' if r['held'] else '**no**'} |"
+            )
+    best = {
+        mode: max((r["cameras"] for r in runs if r["held"]), default=0)
+        for mode, runs in cap["modes"].items()
+    }
+    plot = (
+        f"\n![latency and CPU against cameras]({PLOT.relative_to(ROOT / 'bench')})\n"
+        if PLOT.exists()
+        else ""
+    )
+    return f"""## Capacity (RTSP cameras)
+Camera: {cap["camera"]} (one shared encoder, a separate RTSP session and FFmpeg child per
+pull). Cameras are added in steps; at each step every camera is snapshotted once every
+{cap["interval_s"]:.0f} s (staggered) for {cap["window_s"]:.0f} s. A step holds when every
+snapshot succeeds, p99 <= 250 ms and streamsnap (server + FFmpeg children) leaves >= 30 % of
+the machine's CPU. "decode every frame" is `decode = "continuous"`: what Frigate does (the
+anchor). "machine busy" also counts the camera simulator and the benchmark client.
+
+| mode | cameras | p50 ms | p99 ms | n | failed | streamsnap CPU % of a core | per camera % | CPU left % | machine busy % | held |
+|---|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Held: **{best.get("adaptive", 0)} cameras** with the adaptive policy, {best.get("continuous", 0)}
+decoding every frame (the sweep stops at the first step that misses).
+{plot}"""
+
+
+def targets_section(results: dict) -> str:
+    """Issue #6's targets next to what this run measured."""
+    lat, idle, rtsp, cap = results["latency"], results["idle"], results["rtsp"], results["capacity"]
+    rows = []
+
+    def row(measure: str, target: str, got: str, ok: bool | None) -> None:
+        mark = "-" if ok is None else ("met" if ok else "**missed**")
+        rows.append(f"| {measure} | {target} | {got} | {mark} |")
+
+    for size, label, warm_t, idle_t in (
+        ("1280x720", "720p", (10, 30), (80, 150)),
+        ("1920x1080", "1080p", (25, 60), (160, 300)),
+    ):
+        r = lat.get(size, {})
+        w50, w99 = pct(r.get("warm_adaptive_ms"), 50), pct(r.get("warm_adaptive_ms"), 99)
+        i50, i99 = pct(r.get("idle10_lazy_ms"), 50), pct(r.get("idle10_lazy_ms"), 99)
+        if w50 is not None:
+            row(
+                f"REST snapshot {label}, warm",
+                f"p50 <= {warm_t[0]}, p99 <= {warm_t[1]} ms",
+                f"p50 {w50:.0f}, p99 {w99:.0f} ms",
+                w50 <= warm_t[0] and w99 <= warm_t[1],
+            )
+        if i50 is not None:
+            row(
+                f"REST snapshot {label}, idle for 10 s (lazy decode)",
+                f"p50 <= {idle_t[0]}, p99 <= {idle_t[1]} ms",
+                f"p50 {i50:.0f}, p99 {i99:.0f} ms",
+                i50 <= idle_t[0] and i99 <= idle_t[1],
+            )
+    r720 = lat.get("1280x720", {})
+    for key, what in (("idle10_lazy_fresh", "idle 10 s"), ("warm_adaptive_fresh", "warm")):
+        b = r720.get(key)
+        if b and b.get("+Inf"):
+            at1 = b.get("1.0", b.get("1", 0)) / b["+Inf"] * 100
+            row(
+                f"freshness, 720p B-frame stream, {what}",
+                "<= 1 frame",
+                f"{at1:.0f} % of snapshots <= 1 ({fresh_text(b)})",
+                at1 == 100,
+            )
+    conc = r720.get("concurrent")
+    if conc:
+        all_ms = [ms for rnd in conc["rounds"] for ms in rnd["ms"]]
+        decodes = max(rnd["decodes"] for rnd in conc["rounds"])
+        encodes = max(rnd["encodes"] for rnd in conc["rounds"])
+        row(
+            f"{conc['clients']} concurrent requests, one stream",
+            "1 decode, 1 encode, p99 <= 100 ms",
+            f"{decodes:.0f} decode, {encodes:.0f} encode per burst, p99 {percentile(all_ms, 99):.0f} ms",
+            decodes <= 1 and encodes <= 1 and percentile(all_ms, 99) <= 100,
+        )
+    if rtsp.get("idle"):
+        v = rtsp["idle"]["per_camera_pct"]
+        row("idle cost per 720p stream, RTSP", "<= 1.2 % of a core", f"{v:.2f} %", v <= 1.2)
+    if idle.get("streamsnap"):
+        v = idle["streamsnap"]["per_stream_pct"]
+        row("idle cost per 720p stream, RTMP", "<= 1.5 % of a core", f"{v:.2f} %", v <= 1.5)
+        m = idle["streamsnap"].get("mem_per_stream_mib")
+        if m is not None:
+            row("memory per idle 720p stream, RTMP", "<= 15 MB", f"{m:.1f} MiB", m <= 15)
+    if rtsp.get("idle", {}).get("mem_per_camera_mib") is not None:
+        m = rtsp["idle"]["mem_per_camera_mib"]
+        row(
+            "memory per idle 720p stream, RTSP (with its FFmpeg child)",
+            "<= 15 MB",
+            f"{m:.1f} MiB",
+            m <= 15,
+        )
+    if cap.get("modes"):
+        best = max((r["cameras"] for r in cap["modes"].get("adaptive", []) if r["held"]), default=0)
+        anchor = max(
+            (r["cameras"] for r in cap["modes"].get("continuous", []) if r["held"]), default=0
+        )
+        row(
+            "720p RTSP cameras held, snapshot every 10 s, p99 <= 250 ms, >= 30 % CPU left",
+            ">= 50 (decode-everything: ~20)",
+            f"{best} (decode-everything here: {anchor})",
+            best >= 50,
+        )
+    return (
+        "## Targets (issue #6) and this run\n\n| measure | target | measured | |\n|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
 
 
 def summarize(results: dict, argv: list[str]) -> str:
@@ -624,28 +1048,53 @@ def summarize(results: dict, argv: list[str]) -> str:
     lat, idle, rtsp = results["latency"], results["idle"], results["rtsp"]
     webrtc, auto, info = results["webrtc"], results["auto"], results["machine"]
     rows = []
+    fresh_rows = []
     for size, r in lat.items():
         cells = [size]
-        for key in ("rest_lazy_ms", "rest_adaptive_ms", "ffmpeg_cli_ms"):
+        for key in ("idle10_lazy_ms", "idle10_adaptive_ms", "warm_adaptive_ms", "ffmpeg_cli_ms"):
             values = r.get(key)
             cells += (
                 [f"{statistics.median(values):.0f}", f"{percentile(values, 99):.0f}"]
                 if values
                 else ["-", "-"]
             )
-        lazy, cli = r.get("rest_lazy_ms"), r.get("ffmpeg_cli_ms")
+        lazy, cli = r.get("idle10_lazy_ms"), r.get("ffmpeg_cli_ms")
         cells.append(
             f"{statistics.median(cli) / statistics.median(lazy):.0f}x" if lazy and cli else "-"
         )
         rows.append("| " + " | ".join(cells) + " |")
+        fresh_rows.append(
+            f"| {size} | {fresh_text(r.get('idle10_lazy_fresh'))} | "
+            f"{fresh_text(r.get('idle10_adaptive_fresh'))} | {fresh_text(r.get('warm_adaptive_fresh'))} |"
+        )
     idle_rows = []
     for label in ("streamsnap", "nginx-rtmp"):
         if label in idle:
             d = idle[label]
+            mem = d.get("mem_per_stream_mib")
             idle_rows.append(
                 f"| {label} | {idle['streams']} | {d['total_pct']:.1f} | "
-                f"{d['baseline_pct']:.2f} | {d['per_stream_pct']:.2f} |"
+                f"{d['baseline_pct']:.2f} | {d['per_stream_pct']:.2f} | "
+                f"{'-' if mem is None else f'{mem:.1f}'} |"
             )
+    conc_text = ""
+    conc = lat.get("1280x720", {}).get("concurrent")
+    if conc:
+        crow = "\n".join(
+            f"| {i + 1} | {statistics.median(r['ms']):.0f} | {percentile(r['ms'], 99):.0f} | "
+            f"{max(r['ms']):.0f} | {r['decodes']:.0f} | {r['encodes']:.0f} |"
+            for i, r in enumerate(conc["rounds"])
+        )
+        conc_text = f"""
+### {conc["clients"]} concurrent requests for one stream
+{conc["clients"]} simultaneous `GET /streams/NAME/snapshot.jpg` (aiohttp, one connection each)
+for one idle 720p stream on the lazy server, 3 s apart; decoder runs and encodes counted by the
+server (`/metrics`).
+
+| burst | p50 ms | p99 ms | max ms | decoder runs | encodes |
+|---|---|---|---|---|---|
+{crow}
+"""
     return f"""# Benchmarks
 
 Command: `make bench` (= `python bench/run.py`: every part, each against its anchor in the same
@@ -659,45 +1108,62 @@ Python {info["python"]}, PyAV's libavcodec {info["pyav_ffmpeg"]}, {info["ffmpeg_
 Streams: 30 fps H.264 (x264 `veryfast`, B-frames, GOP 60 = 2 s) + AAC, looped in real time by
 `ffmpeg -re -stream_loop -1 -c copy` into streamsnap's RTMP port and into nginx-rtmp.
 
+{targets_section(results)}
 ## Snapshot latency (REST)
-Client-side wall time of `POST /rest-api/stream/snapshot` (base64 PNG of the full frame), 100
-requests 0.2-1.2 s apart so that they land anywhere in the GOP, on two servers fed the same
-stream: one with `decode = "lazy"` (packets only; each request decodes what arrived since the
-last one, up to a GOP) and one with the default `decode = "adaptive"` (at ~1.4 requests a
-second the stream is soon decoded as it arrives, so a request only encodes). Anchor: the FFmpeg
-command line users run without server support, `ffmpeg -i rtmp://127.0.0.1/live/NAME -frames:v
-1 out.png`, against nginx-rtmp carrying the same stream (15 runs).
+Client-side wall time of `POST /rest-api/stream/snapshot` (the WCS method: base64 PNG of the
+full frame). Two servers are fed the same streams: one with `decode = "lazy"` (packets only;
+a request decodes from the last keyframe) and one with the default `decode = "adaptive"`.
+- idle 10 s: {len(lat.get("1280x720", {}).get("idle10_lazy_ms", []))} requests per server and size over several streams, each stream asked
+  for once every 10 s and by nobody in between. The lazy server decodes from the keyframe every
+  time (the worst case); the adaptive one keeps a stream asked for in the last 30 s decoded
+  while the machine has CPU to spare.
+- warm: requests 0.2-1.2 s apart on the adaptive server (the stream is decoded as it arrives;
+  a request converts and encodes).
+- anchor: the FFmpeg command line users run without server support, `ffmpeg -i
+  rtmp://127.0.0.1/live/NAME -frames:v 1 out.png`, against nginx-rtmp carrying the same stream.
 
-| stream | lazy p50 ms | lazy p99 ms | adaptive p50 ms | adaptive p99 ms | ffmpeg CLI p50 ms | CLI p99 ms | lazy speed-up at p50 |
-|---|---|---|---|---|---|---|---|
+| stream | idle 10 s lazy p50 | p99 | idle 10 s adaptive p50 | p99 | warm p50 | p99 | ffmpeg CLI p50 | p99 | idle-10-s lazy speed-up at p50 |
+|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
+All in ms. Freshness (server-side, `streamsnap_snapshot_frames_behind`: frames received before
+the request that are newer, in display order, than the frame shown):
+
+| stream | idle 10 s lazy | idle 10 s adaptive | warm |
+|---|---|---|---|
+{chr(10).join(fresh_rows)}
+{conc_text}
 ## Idle cost per stream (nobody asks for a picture)
 Server CPU time (utime+stime from /proc) over {idle.get("window_s", 0):.0f} s with 720p30
-publishers connected, minus the server's own idle baseline, per stream, in % of one core.
+publishers connected, minus the server's own idle baseline, per stream, in % of one core;
+memory is the growth of the server's proportional set size (PSS) per stream.
 nginx-rtmp, a C server that only relays packets, is the floor for "keeping packets".
 
-| server | streams | total % of a core | baseline % | per stream % |
-|---|---|---|---|---|
+| server | streams | total % of a core | baseline % | per stream % | MiB per stream |
+|---|---|---|---|---|---|
 {chr(10).join(idle_rows)}
 
 {rtsp_section(rtsp)}
+{capacity_section(results["capacity"])}
 {webrtc_section(webrtc)}
 {auto_section(auto)}
 ## What limits
-- Lazy decode: a snapshot decodes every frame since the last keyframe the stream's decoder has
-  not seen yet (at most one GOP: 60 frames here), then converts to RGB and writes PNG (fpng,
-  ~5 ms at 720p). p99 is set by requests that land late in a GOP after a quiet spell (a full GOP
-  decode, 2-5 ms a frame at 720p-1080p on this CPU); requests close together decode only the
-  frames in between. The adaptive policy decodes a stream asked for often as its frames arrive,
-  leaving the RGB conversion and the PNG encode (plus HTTP and base64) on the request path.
-- B-frame streams show the newest picture the decoder has released: its reorder delay is 2
-  frames with x264 defaults.
+- Lazy decode: a snapshot decodes every frame since the last keyframe (at most one GOP: 60
+  frames here), then converts to RGB and writes PNG (fpng, ~5 ms at 720p). p99 is set by
+  requests that land late in a GOP (a full GOP decode, 2-5 ms a frame at 720p-1080p on this
+  CPU). The adaptive policy decodes a stream asked for often (or recently, CPU allowing) as its
+  frames arrive, leaving the RGB conversion and the PNG encode (plus HTTP and base64).
+- Freshness of B-frame streams: the decoder releases a picture only after its reorder delay
+  (2 frames with x264 defaults). A lazy request drains the decoder and shows the newest frame
+  received (the decoder then restarts from the keyframe, which a lazy stream pays anyway); a
+  continuously decoded stream is not drained (that would re-decode the GOP on every request),
+  so a warm B-frame stream shows the picture the reorder delay allows. Streams without
+  B-frames (cameras, WebRTC, x264 `zerolatency`) show the newest frame in both modes.
 - The FFmpeg command line pays a process start, the RTMP handshake and play, stream probing,
   and the wait for the next keyframe (up to one GOP): seconds, whatever the machine.
 - A cold RTSP snapshot is bounded by the camera: the RTSP handshake and the wait for its next
-  keyframe (up to 1 s here), the same wait the FFmpeg command line has; after that, snapshots
-  are warm. An RTSP camera costs its FFmpeg remux (`-c copy`) plus reading FLV tags.
+  keyframe, the same wait the FFmpeg command line has; after that, snapshots are warm. An RTSP
+  camera costs its FFmpeg remux (`-c copy`) plus reading FLV tags.
 - Idle cost is Python work per RTMP message (chunk parsing, FLV tag parsing, the on_frame
   hook) for ~30 video + ~47 audio messages a second per stream.
 """
@@ -708,6 +1174,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     parser.add_argument("--idle-streams", type=int, default=10)
     parser.add_argument("--max-auto-streams", type=int, default=40)
+    parser.add_argument(
+        "--cameras",
+        default="",
+        help="capacity steps, e.g. 10,20,30 (default: 10 to 40 per core, in steps of 10)",
+    )
     parser.add_argument(
         "--report",
         action="store_true",
@@ -720,6 +1191,13 @@ def main() -> int:
     )
     args = parser.parse_args()
     n_rest, n_cli, window = (10, 3, 5.0) if args.quick else (100, 15, 20.0)
+    idle_streams, idle_rounds = (4, 1) if args.quick else (8, 5)
+    cores = os.cpu_count() or 1
+    cameras = (
+        [int(v) for v in args.cameras.split(",")]
+        if args.cameras
+        else list(range(10, 40 * cores + 1, 10))
+    )
     results_file = OUT / "results.json"
     previous = json.loads(results_file.read_text()) if results_file.exists() else {}
     results = {
@@ -758,7 +1236,13 @@ def main() -> int:
             lazy = ServerProcess(lazy_config, cwd=work).start()
             try:
                 results["latency"] = bench_latency(
-                    {"lazy": lazy, "adaptive": server}, nginx, sizes, n_rest, n_cli
+                    {"lazy": lazy, "adaptive": server},
+                    nginx,
+                    sizes,
+                    n_rest,
+                    n_cli,
+                    idle_streams,
+                    idle_rounds,
                 )
             finally:
                 lazy.stop()
@@ -772,6 +1256,10 @@ def main() -> int:
         if nginx:
             nginx.cleanup()
         shutil.rmtree(work, ignore_errors=True)
+    if run("capacity"):
+        results["capacity"] = bench_capacity(cameras, window=10.0 if args.quick else 30.0)
+        if results["capacity"]:
+            capacity_plot(results["capacity"], PLOT)
     if run("auto"):
         results["auto"] = bench_auto(window / 2, args.max_auto_streams)
     command = " ".join(["python", "bench/run.py", *sys.argv[1:]])

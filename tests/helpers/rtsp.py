@@ -38,8 +38,10 @@ class RtspCamera:
         password: str | None = None,
         fps: int = 30,
         digest: bool = False,
+        gop: int = 0,
     ) -> None:
         self.size, self.user, self.password, self.fps = size, user, password, fps
+        self.gop = gop or fps  # frames between keyframes
         self.digest = digest
         self.port = port
         self.proc: subprocess.Popen[str] | None = None
@@ -55,6 +57,8 @@ class RtspCamera:
             self.size,
             "--fps",
             str(self.fps),
+            "--gop",
+            str(self.gop),
         ]
         if self.user:
             argv += ["--user", self.user, "--password", self.password or ""]

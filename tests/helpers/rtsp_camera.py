@@ -25,6 +25,7 @@ def main() -> int:
     parser.add_argument("--path", default="/cam")
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--gop", type=int, default=0, help="frames between keyframes (0: fps)")
     parser.add_argument("--user")
     parser.add_argument("--password")
     parser.add_argument("--digest", action="store_true", help="Digest instead of Basic auth")
@@ -46,7 +47,7 @@ def main() -> int:
         )
     launch = (
         f"( {source} ! x264enc tune=zerolatency speed-preset=ultrafast "
-        f"key-int-max={args.fps} ! video/x-h264,profile=baseline ! "
+        f"key-int-max={args.gop or args.fps} ! video/x-h264,profile=baseline ! "
         f"rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
     server = GstRtspServer.RTSPServer()

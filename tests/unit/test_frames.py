@@ -6,6 +6,7 @@ import asyncio
 import io
 from pathlib import Path
 
+import av
 import pytest
 from PIL import Image
 
@@ -137,6 +138,39 @@ def test_fresh_request_drains_the_reorder_buffer(bframe_tags):
     fresh = store.decode_latest(fresh=True)
     assert fresh is not None and store.frames_behind(fresh) == 0
     assert shown(store) == newest_sent(bframe_tags[:80])
+
+
+@pytest.fixture(scope="module")
+def moving_tags(tmp_path_factory) -> tuple[Path, list]:
+    """Moving pictures (x264 uses real B-frames on them, unlike on the static counter)."""
+    import subprocess
+
+    path = tmp_path_factory.mktemp("flv") / "moving.flv"
+    subprocess.run(
+        [
+            *(FFMPEG, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"),
+            *("-frames:v", "60", "-c:v", "libx264", "-preset", "veryfast", "-g", "60"),
+            *("-pix_fmt", "yuv420p", "-f", "flv", str(path)),
+        ],
+        check=True,
+    )
+    return path, [t for t in read_flv(path) if t.type_id == 9]
+
+
+def test_lazy_catch_up_skips_frames_nothing_refers_to(moving_tags):
+    path, tags = moving_tags
+    lazy, warm = FrameStore("lazy"), FrameStore("warm")
+    warm.continuous = True
+    for store in (lazy, warm):
+        load(store, tags[:45])
+        store.decode_latest(fresh=True)
+    decoded = (lazy.frames_decoded, warm.frames_decoded)
+    assert decoded[0] < 0.8 * decoded[1], decoded
+    pic = lazy.decode_latest()
+    assert pic is not None and lazy.frames_behind(pic) == 0
+    with av.open(str(path)) as container:  # the same frame, every frame decoded
+        reference = next(f for f in container.decode(video=0) if round(f.time * 1000) == pic.pts)
+    assert (pic.frame.to_ndarray() == reference.to_ndarray()).all()
 
 
 def test_continuous_stream_is_not_drained(bframe_tags):
