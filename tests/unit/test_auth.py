@@ -112,3 +112,29 @@ def test_publish_keys_per_stream_and_wildcard():
     b = Authenticator("", [], [{"stream": "cam1", "key": "k1"}])
     assert b.check_publish_key("cam2", "") is None  # streams without a key stay open
     assert not b.enabled  # publish keys alone do not protect the API
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "warns"),
+    [
+        ("0.0.0.0", "", True),
+        ("::", "", True),
+        ("192.168.1.20", "", True),
+        ("cams.example.org", "", True),
+        ("0.0.0.0", "t", False),
+        ("127.0.0.1", "", False),
+        ("127.0.0.2", "", False),
+        ("::1", "", False),
+        ("localhost", "", False),
+    ],
+)
+def test_warning_when_serving_beyond_loopback_without_auth(host, token, warns):
+    from streamsnap.core.app import open_access_warning
+
+    cfg = config.Config()
+    cfg.server.host, cfg.auth.token = host, token
+    warning = open_access_warning(cfg)
+    assert bool(warning) == warns
+    if warns:
+        assert f"serving on {host} without authentication" in warning
+        assert "[auth] token or [auth] users" in warning

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import inspect
 import ipaddress
 import logging
@@ -46,7 +47,6 @@ PROTECTED = (
 )
 
 APP_KEY: web.AppKey[App] = web.AppKey("streamsnap_app", object)  # type: ignore[arg-type]
-USER_KEY = "streamsnap_user"  # on a request: who its credentials proved ("token" or a user name)
 
 
 def is_loopback(host: str) -> bool:
@@ -56,6 +56,27 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _credentials(request: web.Request) -> str:
+    """The Authorization header, or ``?access_token=`` (EventSource and <img src> cannot set
+    headers) as a bearer token."""
+    given = request.headers.get("Authorization", "")
+    if not given and "access_token" in request.query:
+        given = "Bearer " + request.query["access_token"]
+    return given
+
+
+def open_access_warning(config: Config) -> str | None:
+    """What to warn about at start when the server listens beyond loopback without auth."""
+    auth, host = config.auth, config.server.host
+    if auth.token or auth.users or is_loopback(host):
+        return None
+    return (
+        f"serving on {host} without authentication: anyone who can reach it can publish, take "
+        "snapshots and terminate streams; set [auth] token or [auth] users (see "
+        "conf/streamsnap.toml), or listen on 127.0.0.1"
+    )
 
 
 class App:
@@ -139,13 +160,9 @@ class App:
                 except Exception:
                     log.exception("plugin %s failed in on_startup (left out)", name)
         self.spawn(self.decoding.run(), name="decode-policy")
-        if not self.auth.enabled and not is_loopback(srv.host):
-            log.warning(
-                "serving on %s without authentication: anyone who can reach it can publish, take "
-                "snapshots and terminate streams; set [auth] token or [auth] users "
-                "(see conf/streamsnap.toml) or listen on 127.0.0.1",
-                srv.host,
-            )
+        warning = open_access_warning(self.config)
+        if warning:
+            log.warning("%s", warning)
         log.info("streamsnap ready: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
 
     def tls_context(self) -> ssl.SSLContext | None:
@@ -168,13 +185,8 @@ class App:
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """With ``[auth] token`` or ``users``: the APIs (not the pages) need credentials."""
         if self.auth.enabled and request.method != "OPTIONS" and request.path.startswith(PROTECTED):
-            given = request.headers.get("Authorization", "")
-            if not given and "access_token" in request.query:  # EventSource, <img src>
-                given = "Bearer " + request.query["access_token"]
-            user = await self.auth.check_header(given)
-            if user is not None:
-                request[USER_KEY] = user
-            elif not self._whip_publisher(request, given):
+            given = _credentials(request)
+            if not await self.api_user(request) and not self._whip_publisher(request, given):
                 return self._unauthorized(request, bool(given))
         try:
             return await handler(request)
@@ -195,13 +207,20 @@ class App:
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return web.json_response(body, status=exc.status, headers=headers)
 
+    async def api_user(self, request: web.Request) -> str:
+        """Who the request's API credentials prove (``"token"`` or a user name), or ""."""
+        if not self.auth.enabled:
+            return ""
+        return await self.auth.check_header(_credentials(request)) or ""
+
     def _whip_publisher(self, request: web.Request, given: str) -> bool:
-        """A WHIP request whose bearer token is the publish key of its stream may pass; the WHIP
-        plugin checks the key again when it decides the publish."""
+        """A WHIP request that carries the publish key of its stream (as the bearer token or
+        ``?key=``) may pass; the WHIP plugin checks the key again when it decides the publish."""
         name = request.match_info.get("name")
-        scheme, _, value = given.partition(" ")
         key = self.auth.key_for(name) if name and request.path.startswith("/whip/") else None
-        return key is not None and scheme.lower() == "bearer" and value.strip() == key
+        scheme, _, value = given.partition(" ")
+        offered = value.strip() if scheme.lower() == "bearer" else request.query.get("key", "")
+        return key is not None and hmac.compare_digest(offered.encode(), key.encode())
 
     def _unauthorized(self, request: web.Request, wrong: bool) -> web.Response:
         what = "wrong credentials" if wrong else "no credentials"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiortc import RTCPeerConnection
 
-from ..core.app import APP_KEY, USER_KEY, App
+from ..core.app import APP_KEY, App
 from ..core.errors import Refused, StreamNameInUse
 from ..core.streams import Stream
 from ..hooks import hookimpl
@@ -75,7 +75,7 @@ async def publish(request: web.Request) -> web.Response:
 
     session.stream.terminator = end
     params = dict(request.query)
-    user = request.get(USER_KEY, "")
+    user = await app.api_user(request)
     scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
     if user:
         params["user"] = user
