@@ -110,8 +110,7 @@ class Authenticator:
             self.publish_keys[stream] = key
         self._cache: OrderedDict[bytes, float] = OrderedDict()
         self._cache_key = secrets.token_bytes(32)
-        # unknown users cost a hash too, so that timing does not tell which names exist
-        self._dummy = hash_password(secrets.token_hex(8), n=1 << 10) if self.users else ""
+        self._dummy = ""  # what unknown user names are checked against (made on first use)
         self._hasher: ThreadPoolExecutor | None = None
 
     @property
@@ -144,6 +143,8 @@ class Authenticator:
         return None
 
     async def check_user(self, name: str, password: str) -> bool:
+        if not self.users:
+            return False
         encoded = self.users.get(name)
         fingerprint = hmac.new(
             self._cache_key, f"{name}\0{password}".encode(), hashlib.sha256
@@ -155,9 +156,7 @@ class Authenticator:
         if self._hasher is None:
             self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auth")
         loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(
-            self._hasher, verify_password, password, encoded or self._dummy
-        )
+        ok = await loop.run_in_executor(self._hasher, self._verify, password, encoded)
         if not (ok and encoded is not None):
             return False
         self._cache[fingerprint] = now + CACHE_TTL_S
@@ -165,6 +164,17 @@ class Authenticator:
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return True
+
+    def _verify(self, password: str, encoded: str | None) -> bool:
+        """In the hashing thread. Unknown users cost a hash of the same strength too, so that
+        timing does not tell which names exist."""
+        if encoded is not None:
+            return verify_password(password, encoded)
+        if not self._dummy:
+            n, r, p, _, _ = parse_hash(next(iter(self.users.values())))
+            self._dummy = hash_password(secrets.token_hex(16), n, r, p)
+        verify_password(password, self._dummy)
+        return False
 
     def close(self) -> None:
         if self._hasher is not None:
