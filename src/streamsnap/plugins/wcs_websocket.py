@@ -193,7 +193,7 @@ class WcsSession:
             "webrtc",
             media_session_id=msid,
             remote=self.peer,
-            remote_ip=self.peer,
+            remote_ip="" if self.peer == "?" else self.peer,
             app_name=self.app_key,
         )
         pub = Publication(self, msid, stream)

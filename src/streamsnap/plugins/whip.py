@@ -74,7 +74,7 @@ async def publish(request: web.Request) -> web.Response:
             await app.unpublish(session.stream, reason)
 
     session.stream.terminator = end
-    params = dict(request.query)
+    params = {k: v for k, v in request.query.items() if k != "access_token"}  # not for plugins
     user = await app.api_user(request)
     scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
     if user:
