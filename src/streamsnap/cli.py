@@ -1,4 +1,5 @@
-"""The ``streamsnap`` command: ``serve``, ``snapshot``, ``plugins``, ``--version``."""
+"""The ``streamsnap`` command: ``serve``, ``snapshot``, ``plugins``, ``hash-password``,
+``--version``."""
 
 from __future__ import annotations
 
@@ -76,6 +77,25 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_hash_password(args: argparse.Namespace) -> int:
+    from .core.auth import hash_password
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("streamsnap hash-password: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("streamsnap hash-password: empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def _safe_file_name(name: str) -> str:
     keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
     return keep[:100] or "snapshot"
@@ -101,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="a .toml or WCS .properties file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser(
+        "hash-password",
+        help="print a password hash for [auth] users (reads the password from stdin or a prompt)",
+    )
+    p.set_defaults(func=_cmd_hash_password)
     return parser
 
 

@@ -90,6 +90,13 @@ def test_unknown_keys_warn_by_name(tmp_path, caplog):
         ("[server]\nhttp_port = true\n", "http_port = True"),
         ("server = 3\n", "[server] must be a table"),
         ("[server\n", "not valid TOML"),
+        ("[limits]\nmax_streams = -1\n", "[limits] max_streams = -1"),
+        ("[auth]\nusers = [{ name = 'ops' }]\n", "'password' must be a non-empty string"),
+        ("[auth]\npublish_keys = [{ stream = 'cam1', key = '' }]\n", "'key' must be"),
+        (
+            "[auth]\npublish_keys = [{ stream = 'a', key = 'x' }, { stream = 'a', key = 'y' }]\n",
+            "stream 'a' listed twice",
+        ),
     ],
 )
 def test_bad_values_refuse_to_start_naming_key_and_value(tmp_path, text, needle):

@@ -387,3 +387,83 @@ def test_every_hook_is_in_the_plugin_guide_with_its_signature():
     for name in HOOKS:
         params = ", ".join(inspect.signature(getattr(specs, name)).parameters)
         assert f"### `{name}({params})`" in guide, f"{name}({params}) missing from docs/plugins.md"
+
+
+async def test_hook_authorize_publish(flv):
+    """A plugin allows, refuses or has no opinion on every publisher (RTMP, WHIP, WebSocket);
+    its answer comes before the publish key; one that raises refuses (fail closed)."""
+
+    from aiohttp import ClientSession
+
+    calls = []
+
+    class Gate:
+        @hookimpl
+        async def authorize_publish(self, app, stream_name, protocol, remote, params):
+            calls.append((stream_name, protocol, remote, params.get("key")))
+            if stream_name == "forbidden":
+                return "not on the list"
+            if stream_name == "boom":
+                raise RuntimeError("gate is broken")
+            return True if stream_name == "vip" else None
+
+    pm = make_plugin_manager(PluginsConfig(), load_entry_points=False, extra=[("gate", Gate())])
+    cfg = _config()
+    cfg.auth.publish_keys = [{"stream": "*", "key": "k1"}]
+    app = App(cfg, pm)
+    await app.start()
+
+    async def rtmp(name: str) -> tuple[bool, str]:
+        """Publish the clip as ``name``: (was it live, FFmpeg's stderr)."""
+        url = f"rtmp://127.0.0.1:{app.ports['rtmp']}/live/{name}"
+        proc = await asyncio.create_subprocess_exec(
+            FFMPEG, "-v", "error", "-re", "-i", str(flv), "-c", "copy", "-f", "flv", url,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stream_name = name.split("?")[0]
+        live = False
+        while proc.returncode is None and not live:
+            live = app.streams.lookup(stream_name) is not None
+            await asyncio.sleep(0.05)
+        if proc.returncode is None:
+            proc.kill()
+        _, err = await proc.communicate()
+        return live, err.decode(errors="replace")
+
+    try:
+        assert (await rtmp("vip"))[0]  # no key needed: the plugin allowed it
+        assert (await rtmp("plain?key=k1"))[0]  # no opinion: the key decides
+        live, err = await rtmp("plain")
+        assert not live and "publish key required" in err
+        live, err = await rtmp("forbidden?key=k1")
+        assert not live and "not on the list" in err
+        live, err = await rtmp("boom?key=k1")
+        assert not live and "publish check failed" in err
+        async with ClientSession() as http:
+            async with http.post(
+                f"http://127.0.0.1:{app.ports['http']}/whip/forbidden",
+                data="v=0\r\n",
+                headers={"Content-Type": "application/sdp", "Authorization": "Bearer k1"},
+            ) as resp:
+                assert resp.status == 403 and "not on the list" in await resp.text()
+            async with http.ws_connect(f"ws://127.0.0.1:{app.ports['ws']}/") as ws:
+                await ws.send_json({"message": "connection", "data": [{}]})
+                assert (await ws.receive_json())["message"] == "getUserData"
+                publish = {"mediaSessionId": "m1", "name": "forbidden", "sdp": "v=0"}
+                await ws.send_json({"message": "publishStream", "data": [publish]})
+                status = (await ws.receive_json())["data"][0]
+                assert status["status"] == "FAILED" and status["info"] == "not on the list"
+    finally:
+        await app.stop()
+    assert [c[:2] for c in calls] == [
+        ("vip", "rtmp"),
+        ("plain", "rtmp"),
+        ("plain", "rtmp"),
+        ("forbidden", "rtmp"),
+        ("boom", "rtmp"),
+        ("forbidden", "whip"),
+        ("forbidden", "webrtc"),
+    ]
+    assert calls[1][2:] == ("127.0.0.1", "k1") and calls[2][3] is None
+    assert calls[5][3] == "k1"  # the WHIP bearer token is the key
+    assert app.refused == {"publish_key": 1, "plugin": 4}

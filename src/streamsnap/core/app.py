@@ -8,27 +8,33 @@ import asyncio
 import contextlib
 import hmac
 import inspect
+import ipaddress
 import logging
 import os
 import signal
 import ssl
 import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
+from .auth import Authenticator
 from .config import Config
 from .decoding import DecodePolicy
-from .errors import StartupError, StreamNotFound
+from .errors import Refused, StartupError, StreamNotFound
 from .frames import FrameHandle, FrameStore
 from .plugins import BackendRegistry, PluginManager, make_plugin_manager
 from .snapshot import Snapshot, SnapshotRequest, SnapshotService
 from .streams import Stream, StreamRegistry
+from .supervisor import mask_credentials
 
 log = logging.getLogger(__name__)
 
-# HTTP paths that [auth] token protects; pages and /healthz stay open
+# HTTP paths that [auth] token and users protect; pages, /healthz and /openapi.yaml stay open
 PROTECTED = (
     "/rest-api/",
     "/whip/",
@@ -41,6 +47,36 @@ PROTECTED = (
 )
 
 APP_KEY: web.AppKey[App] = web.AppKey("streamsnap_app", object)  # type: ignore[arg-type]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _credentials(request: web.Request) -> str:
+    """The Authorization header, or ``?access_token=`` (EventSource and <img src> cannot set
+    headers) as a bearer token."""
+    given = request.headers.get("Authorization", "")
+    if not given and "access_token" in request.query:
+        given = "Bearer " + request.query["access_token"]
+    return given
+
+
+def open_access_warning(config: Config) -> str | None:
+    """What to warn about at start when the server listens beyond loopback without auth."""
+    auth, host = config.auth, config.server.host
+    if auth.token or auth.users or is_loopback(host):
+        return None
+    return (
+        f"serving on {host} without authentication: anyone who can reach it can publish, take "
+        "snapshots and terminate streams; set [auth] token or [auth] users (see "
+        "conf/streamsnap.toml), or listen on 127.0.0.1"
+    )
 
 
 class App:
@@ -66,6 +102,10 @@ class App:
         self._frame_impls: list[tuple[Any, list[int]]] | None = None
         self._tls: ssl.SSLContext | None = None
         self.storage: dict[str, Any] = {}  # active storage backends by name
+        auth = config.auth
+        self.auth = Authenticator(auth.token, auth.users, auth.publish_keys)
+        self.refused: Counter[str] = Counter()  # refusals by rule, for /metrics
+        self.snapshots_in_flight = 0  # REST and WebSocket snapshots being served
 
     def _warn_unknown_sections(self) -> None:
         known = {name for name, _ in self.pm.list_name_plugin()} | set(self.backends.factories)
@@ -120,6 +160,9 @@ class App:
                 except Exception:
                     log.exception("plugin %s failed in on_startup (left out)", name)
         self.spawn(self.decoding.run(), name="decode-policy")
+        warning = open_access_warning(self.config)
+        if warning:
+            log.warning("%s", warning)
         log.info("streamsnap ready: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
 
     def tls_context(self) -> ssl.SSLContext | None:
@@ -140,29 +183,11 @@ class App:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """With ``[auth] token``: the APIs (not the pages) need ``Authorization: Bearer``."""
-        token = self.config.auth.token
-        if token and request.method != "OPTIONS" and request.path.startswith(PROTECTED):
-            given = request.headers.get("Authorization", "")
-            if not given and "access_token" in request.query:  # EventSource, <img src>
-                given = "Bearer " + request.query["access_token"]
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                log.warning(
-                    "http %s %s from %s: missing or wrong bearer token",
-                    request.method,
-                    request.path,
-                    request.remote,
-                )
-                return web.json_response(
-                    {
-                        "status": 401,
-                        "error": "Unauthorized",
-                        "path": request.path,
-                        "message": "Authorization: Bearer <token> required",
-                    },
-                    status=401,
-                    headers={"WWW-Authenticate": 'Bearer realm="streamsnap"'},
-                )
+        """With ``[auth] token`` or ``users``: the APIs (not the pages) need credentials."""
+        if self.auth.enabled and request.method != "OPTIONS" and request.path.startswith(PROTECTED):
+            given = _credentials(request)
+            if not await self.api_user(request) and not self._whip_publisher(request, given):
+                return self._unauthorized(request, bool(given))
         try:
             return await handler(request)
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
@@ -181,6 +206,46 @@ class App:
             }
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return web.json_response(body, status=exc.status, headers=headers)
+
+    async def api_user(self, request: web.Request) -> str:
+        """Who the request's API credentials prove (``"token"`` or a user name), or ""."""
+        if not self.auth.enabled:
+            return ""
+        return await self.auth.check_header(_credentials(request)) or ""
+
+    def _whip_publisher(self, request: web.Request, given: str) -> bool:
+        """A WHIP request that carries the publish key of its stream (as the bearer token or
+        ``?key=``) may pass; the WHIP plugin checks the key again when it decides the publish."""
+        name = request.match_info.get("name")
+        key = self.auth.key_for(name) if name and request.path.startswith("/whip/") else None
+        scheme, _, value = given.partition(" ")
+        offered = value.strip() if scheme.lower() == "bearer" else request.query.get("key", "")
+        return key is not None and hmac.compare_digest(offered.encode(), key.encode())
+
+    def _unauthorized(self, request: web.Request, wrong: bool) -> web.Response:
+        what = "wrong credentials" if wrong else "no credentials"
+        log.warning("http %s %s from %s: %s", request.method, request.path, request.remote, what)
+        self.refused["unauthorized"] += 1
+        schemes = []
+        if self.auth.token:
+            schemes.append("Bearer <token>")
+        if self.auth.users:
+            schemes.append("Basic <user:password>")
+        headers: CIMultiDict[str] = CIMultiDict()
+        if self.auth.token:
+            headers.add("WWW-Authenticate", 'Bearer realm="streamsnap"')
+        if self.auth.users:
+            headers.add("WWW-Authenticate", 'Basic realm="streamsnap", charset="UTF-8"')
+        return web.json_response(
+            {
+                "status": 401,
+                "error": "Unauthorized",
+                "path": request.path,
+                "message": f"{what}: Authorization: {' or '.join(schemes)} required",
+            },
+            status=401,
+            headers=headers,
+        )
 
     async def stop(self) -> None:
         timeout = self.config.server.shutdown_timeout_s
@@ -205,6 +270,7 @@ class App:
         for task in list(self._tasks):
             task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.auth.close()
         self.io_executor.shutdown(wait=True)  # files being written are finished, not cut
 
     def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
@@ -226,6 +292,100 @@ class App:
         limits = self.config.streams
         frames = FrameStore(name, limits.max_gop_packets, limits.max_gop_bytes)
         return Stream(name=name, protocol=protocol, frames=frames, **fields)
+
+    async def admit(self, stream: Stream, params: Mapping[str, str], user: str = "") -> None:
+        """Decide whether a new publisher may publish ``stream``, then claim it.
+
+        ``params`` are what the publisher sent with the name (RTMP ``?key=``, WHIP query and
+        bearer token). In order: the ``authorize_publish`` hook (True allows, a string refuses),
+        the publish key unless a plugin allowed or ``user`` (API credentials) is set, then the
+        limits. Raises :class:`Refused` (logged and counted) or StreamNameInUse.
+        """
+        answer, plugin = await self._authorize_publish(stream, params)
+        if isinstance(answer, str):
+            raise self._refuse(stream, Refused("plugin", answer), f"plugin {plugin}")
+        if answer is not True and not user:
+            reason = self.auth.check_publish_key(stream.name, params.get("key", ""))
+            if reason:
+                raise self._refuse(stream, Refused("publish_key", reason))
+        limits = self.config.limits
+        if self.streams.lookup(stream.name) is None:  # else claim() names the real problem
+            if limits.max_streams and len(self.streams) >= limits.max_streams:
+                message = f"server at its limit of {limits.max_streams} streams"
+                raise self._refuse(stream, Refused("max_streams", message))
+            ip, most = stream.remote_ip, limits.max_publishers_per_ip
+            if most and ip and sum(s.remote_ip == ip for s in self.streams) >= most:
+                message = f"{ip} already publishes {most} streams (the limit per address)"
+                raise self._refuse(stream, Refused("max_publishers_per_ip", message))
+        self.claim(stream)
+
+    async def _authorize_publish(
+        self, stream: Stream, params: Mapping[str, str]
+    ) -> tuple[bool | str | None, str]:
+        """The first plugin answer to ``authorize_publish`` and who gave it. Walked here so that
+        a plugin that raises refuses the publisher (fail closed) instead of being skipped."""
+        kwargs = {
+            "app": self,
+            "stream_name": stream.name,
+            "protocol": stream.protocol,
+            "remote": stream.remote_ip or stream.remote,
+            "params": dict(params),
+        }
+        for impl in reversed(self.pm.hook.authorize_publish.get_hookimpls()):
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            try:
+                result = impl.function(*[kwargs[a] for a in impl.argnames])
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception:
+                log.exception(
+                    "plugin %s failed in authorize_publish (stream %s refused)",
+                    impl.plugin_name,
+                    stream.name,
+                )
+                return "publish check failed", impl.plugin_name
+            if result is False:
+                return "refused", impl.plugin_name
+            if result is True or isinstance(result, str):
+                return result, impl.plugin_name
+        return None, ""
+
+    def _refuse(self, stream: Stream, exc: Refused, by: str = "") -> Refused:
+        self.refused[exc.kind] += 1
+        log.warning(
+            "stream %s: publish over %s from %s refused (%s%s): %s",
+            stream.name,
+            stream.protocol,
+            stream.remote or "-",
+            exc.kind,
+            f", {by}" if by else "",
+            exc,
+        )
+        return exc
+
+    @contextlib.contextmanager
+    def snapshot_slot(self, name: str, remote: str) -> Iterator[None]:
+        """Hold one of ``[limits] max_concurrent_snapshots`` while serving a snapshot request;
+        raises :class:`Refused` when all are taken."""
+        limit = self.config.limits.max_concurrent_snapshots
+        if limit and self.snapshots_in_flight >= limit:
+            self.refused["max_concurrent_snapshots"] += 1
+            log.warning(
+                "stream %s: snapshot for %s refused: %d snapshot requests already in progress",
+                mask_credentials(name),
+                remote or "-",
+                limit,
+            )
+            raise Refused(
+                "max_concurrent_snapshots",
+                f"too many snapshot requests in progress (limit {limit}); try again shortly",
+            )
+        self.snapshots_in_flight += 1
+        try:
+            yield
+        finally:
+            self.snapshots_in_flight -= 1
 
     async def publish(self, stream: Stream) -> None:
         """Register ``stream`` (raises StreamNameInUse) and tell the plugins."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from .auth import Authenticator
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,18 @@ class FolderWatchConfig:
 class AuthConfig:
     token: str = ""  # when set: REST, WHIP and /metrics need "Authorization: Bearer <token>",
     # the WebSocket API the WCS authToken
+    users: list[dict[str, Any]] = field(default_factory=list)  # HTTP Basic users:
+    # [{ name = "ops", password = "scrypt$..." }] (hashes from `streamsnap hash-password`)
+    publish_keys: list[dict[str, Any]] = field(default_factory=list)  # publishers need a key:
+    # [{ stream = "cam1", key = "..." }]; stream = "*" for every stream without its own
+
+
+@dataclass
+class LimitsConfig:
+    max_streams: int = 0  # live streams (pulls included) beyond which publishers are refused
+    max_publishers_per_ip: int = 0  # live published streams per publisher address
+    max_concurrent_snapshots: int = 0  # REST and WebSocket snapshots being served at once
+    # 0 = unlimited for each
 
 
 @dataclass
@@ -135,6 +148,7 @@ class Config:
     pull: PullConfig = field(default_factory=PullConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     folder_watch: FolderWatchConfig = field(default_factory=FolderWatchConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
@@ -252,6 +266,9 @@ def _validate(cfg: Config) -> None:
     positive("rtsp", "connect_timeout_s", 0.5)
     positive("rtsp", "backoff_max_s", 0.1)
     positive("webrtc", "max_message_bytes", 4096)
+    for key in ("max_streams", "max_publishers_per_ip", "max_concurrent_snapshots"):
+        positive("limits", key, 0)
+    Authenticator(cfg.auth.token, cfg.auth.users, cfg.auth.publish_keys)  # raises ConfigError
     if cfg.rtmp.chunk_size > 0x7FFFFFFF:
         raise ConfigError(f"[rtmp] chunk_size = {cfg.rtmp.chunk_size!r}: at most 2147483647")
 

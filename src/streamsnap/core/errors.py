@@ -30,3 +30,16 @@ class StreamNameInUse(StreamsnapError):
 
 class SnapshotError(StreamsnapError):
     """A snapshot could not be taken (timeout, decode or encode failure)."""
+
+
+class Refused(StreamsnapError):
+    """A publisher or request turned away by auth or a limit.
+
+    ``kind`` says which rule (``publish_key``, ``plugin``, ``max_streams``,
+    ``max_publishers_per_ip``, ``max_concurrent_snapshots``): the ``/metrics`` label, and what
+    each protocol maps to its own error (RTMP onStatus, HTTP status, WCS status).
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -30,6 +30,7 @@ class Stream:
     media_session_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     status: str = "PUBLISHING"
     remote: str = ""  # publisher address, for logs
+    remote_ip: str = ""  # publisher IP address, for [limits] max_publishers_per_ip
     app_name: str = ""  # RTMP application ("live") or WCS appKey
     has_audio: bool = False
     audio_codec: str = ""

@@ -70,6 +70,24 @@ def on_publish(stream: Stream, app: App) -> Any:
     """
 
 
+@_hookspec(firstresult=True)
+def authorize_publish(
+    app: App, stream_name: str, protocol: str, remote: str, params: dict[str, str]
+) -> bool | str | None:
+    """A publisher wants to publish ``stream_name`` over ``protocol`` (``rtmp``, ``whip``,
+    ``webrtc``) from IP address ``remote``: may it?
+
+    Fires before the stream is claimed (it is not yet findable), for every RTMP, WHIP and
+    WebSocket publish. ``params`` are what the publisher sent with the name: the RTMP query
+    (``?key=...`` on the name or the connect URL), the WHIP query and bearer token (as ``key``),
+    the WebSDK ``custom`` object (string values); ``user`` is set when the WHIP request carried
+    API credentials. Return True to allow (the built-in publish-key check is skipped; limits
+    still apply), a string to refuse with that reason (sent to the publisher), False to refuse
+    without one, or None for no opinion. May return an awaitable. Stops at the first non-None
+    result. A plugin that raises refuses the publisher (logged with its name).
+    """
+
+
 @_hookspec
 def on_unpublish(stream: Stream, app: App) -> Any:
     """A stream has ended (publisher left, terminated, or failed).

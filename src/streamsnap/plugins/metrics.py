@@ -12,6 +12,15 @@ from ..core.app import APP_KEY, App
 from ..core.stats import Histogram
 from ..hooks import hookimpl
 
+REFUSAL_KINDS = (
+    "unauthorized",
+    "publish_key",
+    "plugin",
+    "max_streams",
+    "max_publishers_per_ip",
+    "max_concurrent_snapshots",
+)
+
 
 def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
     if labels:
@@ -106,6 +115,21 @@ def render(app: App) -> str:
         "counter",
         "Video frames decoded per live stream (lazy streams decode only when asked).",
         [(s.frames.frames_decoded, {"stream": s.name}) for s in streams],
+    )
+    metric(
+        "streamsnap_snapshots_in_progress",
+        "gauge",
+        "REST and WebSocket snapshot requests being served ([limits] max_concurrent_snapshots).",
+        [(app.snapshots_in_flight, None)],
+    )
+    metric(
+        "streamsnap_refused_total",
+        "counter",
+        "Clients turned away, by rule: unauthorized, publish_key, plugin, and the [limits].",
+        [
+            (app.refused.get(kind, 0), {"reason": kind})
+            for kind in sorted({*REFUSAL_KINDS, *app.refused})
+        ],
     )
     auto = app.state.get("auto_snapshot")
     if auto is not None:

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from .._version import __version__
 from ..core.app import APP_KEY, App
-from ..core.errors import InvalidStreamName, SnapshotError, StreamNotFound
+from ..core.errors import InvalidStreamName, Refused, SnapshotError, StreamNotFound
 from ..core.imaging import FORMATS
 from ..core.snapshot import SnapshotRequest
 from ..core.supervisor import mask_credentials
@@ -34,16 +34,20 @@ _EXCEPTIONS = {
     404: "com.flashphoner.rest.server.exception.NotFoundException",
     413: "com.flashphoner.rest.server.exception.BadRequestException",
     500: "com.flashphoner.rest.server.exception.InternalErrorException",
+    503: "com.flashphoner.rest.server.exception.ServiceUnavailableException",
 }
 _ERRORS = {
     400: "Bad Request",
     404: "Not Found",
     413: "Payload Too Large",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 
 
-def error_response(request: web.Request, status: int, message: str) -> web.Response:
+def error_response(
+    request: web.Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     """A WCS-shaped error body."""
     ts = int(time.time() * 1000)
     exception = _EXCEPTIONS.get(status, _EXCEPTIONS[500])
@@ -57,7 +61,12 @@ def error_response(request: web.Request, status: int, message: str) -> web.Respo
         "timestamp": ts,
         "status": status,
     }
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=headers)
+
+
+def busy_response(request: web.Request, exc: Refused) -> web.Response:
+    """503 for a limit reached: try again shortly."""
+    return error_response(request, 503, str(exc), headers={"Retry-After": "1"})
 
 
 class BadRequest(Exception):
@@ -103,8 +112,12 @@ async def snapshot(request: web.Request) -> web.Response:
     except BadRequest as exc:
         return error_response(request, exc.status, str(exc))
     name = body["streamName"]
+    app = _app(request)
     try:
-        snap = await _app(request).snapshot(name, SnapshotRequest(source="rest"))
+        with app.snapshot_slot(name, request.remote or ""):
+            snap = await app.snapshot(name, SnapshotRequest(source="rest"))
+    except Refused as exc:
+        return busy_response(request, exc)
     except StreamNotFound:
         return error_response(request, 404, "Stream not found")
     except InvalidStreamName as exc:
@@ -142,8 +155,12 @@ async def snapshot_image(request: web.Request) -> web.StreamResponse:
         )
     except BadRequest as exc:
         return error_response(request, exc.status, str(exc))
+    app = _app(request)
     try:
-        snap = await _app(request).snapshot(name, req)
+        with app.snapshot_slot(name, request.remote or ""):
+            snap = await app.snapshot(name, req)
+    except Refused as exc:
+        return busy_response(request, exc)
     except StreamNotFound:
         return error_response(request, 404, "Stream not found")
     except InvalidStreamName as exc:

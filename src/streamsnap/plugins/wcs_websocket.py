@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import uuid
@@ -26,6 +25,7 @@ from aiortc import RTCPeerConnection
 from ..core.app import App, start_site
 from ..core.errors import (
     InvalidStreamName,
+    Refused,
     SnapshotError,
     StreamNameInUse,
     StreamNotFound,
@@ -75,6 +75,7 @@ class WcsSession:
         self.id = str(uuid.uuid4())
         self.app_key = "defaultApp"
         self.established = False
+        self.user = ""  # who the authToken proved, when [auth] is on
         self.publications: dict[str, Publication] = {}
         self.players: dict[str, Player] = {}
         self._send_lock = asyncio.Lock()
@@ -145,9 +146,12 @@ class WcsSession:
     # ---------------------------------------------------------------- session
     async def on_connection(self, payload: Any) -> None:
         payload = payload if isinstance(payload, dict) else {}
-        token = self.app.config.auth.token
-        if token and not hmac.compare_digest(str(payload.get("authToken") or ""), token):
+        auth = self.app.auth
+        if auth.enabled:
+            self.user = await auth.check_ws_token(str(payload.get("authToken") or "")) or ""
+        if auth.enabled and not self.user:
             log.warning("websocket %s: connection refused: wrong or missing authToken", self.peer)
+            self.app.refused["unauthorized"] += 1
             await self.send(
                 "fail", {"apiMethod": "ConnectionStatusEvent", "info": "Authentication failed"}
             )
@@ -185,17 +189,31 @@ class WcsSession:
             )
             return
         stream = self.app.new_stream(
-            name, "webrtc", media_session_id=msid, remote=self.peer, app_name=self.app_key
+            name,
+            "webrtc",
+            media_session_id=msid,
+            remote=self.peer,
+            remote_ip="" if self.peer == "?" else self.peer,
+            app_name=self.app_key,
         )
         pub = Publication(self, msid, stream)
         stream.terminator = lambda reason: self._end_publication(
             pub, "UNPUBLISHED", reason, unpublish=False
         )
+        custom = p.get("custom")
+        params = {
+            str(k): v
+            for k, v in (custom.items() if isinstance(custom, dict) else ())
+            if isinstance(v, str)
+        }
         try:
-            self.app.claim(stream)
+            await self.app.admit(stream, params, user=self.user)
         except StreamNameInUse:
             log.warning("websocket %s: publish of %r refused: name in use", self.peer, name)
             await self.status(msid, "FAILED", name=name, published=True, info=NAME_IN_USE)
+            return
+        except Refused as exc:
+            await self.status(msid, "FAILED", name=name, published=True, info=str(exc))
             return
         self.publications[msid] = pub
         try:
@@ -286,8 +304,9 @@ class WcsSession:
             log.warning("websocket %s: snapshot without name or mediaSessionId", self.peer)
             return
         try:
-            snap = await self.app.snapshot(name, SnapshotRequest(source="websocket"))
-        except (StreamNotFound, InvalidStreamName, SnapshotError) as exc:
+            with self.app.snapshot_slot(name, self.peer):
+                snap = await self.app.snapshot(name, SnapshotRequest(source="websocket"))
+        except (StreamNotFound, InvalidStreamName, SnapshotError, Refused) as exc:
             info = NOT_FOUND if isinstance(exc, StreamNotFound) else str(exc)
             log.info(
                 "websocket %s: snapshot of %s failed: %s", self.peer, mask_credentials(name), info

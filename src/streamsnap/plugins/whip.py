@@ -2,8 +2,10 @@
 
 201 Created with the SDP answer (ICE candidates inline) and ``Location`` of the session
 resource; ``DELETE`` on that location ends the publish. Trickle ICE is not supported: PATCH is
-answered 405, as the RFC allows. With ``[auth] token`` set, requests need
-``Authorization: Bearer <token>`` (checked for every HTTP API by the core).
+answered 405, as the RFC allows. With ``[auth] token`` or ``users`` set, requests need
+API credentials (checked for every HTTP API by the core). A stream with a publish key
+(``[auth] publish_keys``) needs it as the bearer token (``Authorization: Bearer <key>``, what
+WHIP clients send) or ``?key=``, unless the request carries API credentials.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from aiohttp import web
 from aiortc import RTCPeerConnection
 
 from ..core.app import APP_KEY, App
-from ..core.errors import StreamNameInUse
+from ..core.errors import Refused, StreamNameInUse
 from ..core.streams import Stream
 from ..hooks import hookimpl
 from . import webrtc
@@ -30,6 +32,8 @@ CORS = {
     "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
     "Access-Control-Expose-Headers": "Location, ETag, Link",
 }
+# HTTP status of each refusal: the key is a credential, limits say whether to come back later
+REFUSED_STATUS = {"publish_key": 401, "plugin": 403, "max_publishers_per_ip": 429}
 
 
 @dataclass(eq=False)
@@ -57,8 +61,9 @@ async def publish(request: web.Request) -> web.Response:
     offer = (await request.content.read(MAX_OFFER_BYTES + 1)).decode("utf-8", "replace")
     if len(offer) > MAX_OFFER_BYTES or not offer.startswith("v=0"):
         return _problem(400, "the body is not an SDP offer")
+    remote = request.remote or ""
     session = WhipSession(
-        str(uuid.uuid4()), app.new_stream(name, "whip", remote=request.remote or "")
+        str(uuid.uuid4()), app.new_stream(name, "whip", remote=remote, remote_ip=remote)
     )
     sessions = _sessions(app)
 
@@ -69,10 +74,25 @@ async def publish(request: web.Request) -> web.Response:
             await app.unpublish(session.stream, reason)
 
     session.stream.terminator = end
+    params = {k: v for k, v in request.query.items() if k != "access_token"}  # not for plugins
+    user = await app.api_user(request)
+    scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+    if user:
+        params["user"] = user
+    elif scheme.lower() == "bearer" and bearer.strip() and "key" not in params:
+        params["key"] = bearer.strip()
     try:
-        app.claim(session.stream)
+        await app.admit(session.stream, params, user=user)
     except StreamNameInUse:
         return _problem(409, f"stream {name!r} is already published")
+    except Refused as exc:
+        status = REFUSED_STATUS.get(exc.kind, 503)
+        response = _problem(status, f"publish of {name!r} refused: {exc}")
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="streamsnap"'
+        elif status in (429, 503):
+            response.headers["Retry-After"] = "5"
+        return response
     sessions[session.id] = session
     try:
         session.pc, answer = await webrtc.engine(app).publish(

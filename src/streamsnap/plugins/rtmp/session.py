@@ -13,8 +13,9 @@ import struct
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
-from ...core.errors import StreamNameInUse
+from ...core.errors import Refused, StreamNameInUse
 from ...core.flv import audio_codec, ingest_video
 from . import amf0
 from .chunks import (
@@ -48,6 +49,17 @@ SERVER_WINDOW = 2_500_000
 CSID_CONTROL, CSID_COMMAND = 2, 3
 STREAM_BEGIN, STREAM_EOF, PING_REQUEST, PING_RESPONSE = 0, 1, 6, 7
 MAX_NAME_BYTES = 1024
+# onStatus codes for refused publishers; FFmpeg and OBS show the description
+REFUSED_CODES = {
+    "publish_key": "NetStream.Publish.Unauthorized",
+    "plugin": "NetStream.Publish.Denied",
+}
+
+
+def _query(text: str) -> dict[str, str]:
+    """The ``a=1&key=x`` part after the first ``?`` of ``text`` as a dict."""
+    _, sep, query = text.partition("?")
+    return dict(parse_qsl(query, keep_blank_values=True)) if sep else {}
 
 
 class RtmpSession(asyncio.Protocol):
@@ -64,6 +76,8 @@ class RtmpSession(asyncio.Protocol):
         self._state = "c0c1"  # -> "c2" -> "open" -> "closed"
         self.out_chunk_size = config.chunk_size
         self.app_name = ""
+        self.ip = ""
+        self._connect_params: dict[str, str] = {}  # query of the connect app/tcUrl (?key=)
         self.stream: Stream | None = None
         self.publish_name = ""
         self._next_stream_id = 1
@@ -81,6 +95,7 @@ class RtmpSession(asyncio.Protocol):
         self.transport = transport
         addr = transport.get_extra_info("peername")
         self.peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        self.ip = str(addr[0]) if isinstance(addr, tuple) else ""
         self.sessions.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -255,8 +270,12 @@ class RtmpSession(asyncio.Protocol):
             )
 
     def _on_connect(self, txn: float, obj: dict[str, Any]) -> None:
-        app = obj.get("app")
-        self.app_name = app if isinstance(app, str) else ""
+        app, tc_url = obj.get("app"), obj.get("tcUrl")
+        self.app_name = app.split("?", 1)[0] if isinstance(app, str) else ""
+        self._connect_params = {
+            **(_query(tc_url) if isinstance(tc_url, str) else {}),
+            **(_query(app) if isinstance(app, str) else {}),
+        }
         self._send(CSID_CONTROL, WINDOW_ACK_SIZE, 0, struct.pack(">I", SERVER_WINDOW))
         self._send(CSID_CONTROL, SET_PEER_BANDWIDTH, 0, struct.pack(">IB", SERVER_WINDOW, 2))
         self._send(CSID_CONTROL, SET_CHUNK_SIZE, 0, struct.pack(">I", self.config.chunk_size))
@@ -294,21 +313,42 @@ class RtmpSession(asyncio.Protocol):
             self.close(f"refused publish of invalid name {name[:64]!r}", level=logging.WARNING)
             return
         stream = self.app.new_stream(
-            name, "rtmp", remote=self.peer, app_name=self.app_name, terminator=self._terminate
+            name,
+            "rtmp",
+            remote=self.peer,
+            remote_ip=self.ip,
+            app_name=self.app_name,
+            terminator=self._terminate,
         )
+        params = {**self._connect_params, **_query(raw)}
+        self._await(self._admit(stream_id, stream, params), f"rtmp-admit:{name}")
+
+    async def _admit(self, stream_id: int, stream: Stream, params: dict[str, str]) -> None:
+        """Ask the app (hook, publish key, limits) and claim the stream, or refuse."""
+        name = stream.name
         try:
-            self.app.claim(stream)
+            await self.app.admit(stream, params)
+        except Refused as exc:
+            code = REFUSED_CODES.get(exc.kind, "NetStream.Publish.Rejected")
+            self._status(stream_id, "error", code, f"publish of {name!r} refused: {exc}")
+            self.close(f"publish of {name!r} refused: {exc}", level=logging.WARNING)
+            return
         except StreamNameInUse as exc:
             self._status(
                 stream_id, "error", "NetStream.Publish.BadName", "Stream name is already in use"
             )
             self.close(f"publish of {name!r} refused: {exc}", level=logging.WARNING)
             return
+        if self._state != "open":  # the publisher left while we were deciding
+            self.app.spawn(
+                self.app.unpublish(stream, "publisher left"), name=f"rtmp-unpublish:{name}"
+            )
+            return
         self.stream = stream
         self.publish_name = name
         self._send(CSID_CONTROL, USER_CONTROL, 0, struct.pack(">HI", STREAM_BEGIN, stream_id))
         self._status(stream_id, "status", "NetStream.Publish.Start", f"{name} is now published.")
-        self._await(self.app.announce(stream), f"rtmp-publish:{name}")
+        await self.app.announce(stream)
 
     def _terminate(self, reason: str) -> None:
         self.close(reason)
