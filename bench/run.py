@@ -892,8 +892,8 @@ Cost of keeping 720p30 cameras pulled with no snapshots: {idle["cameras"]} camer
 """
 
 
-PARTS = ["rtmp", "rtsp", "capacity", "webrtc", "auto"]
-RESULT_KEYS = ["latency", "idle", "rtsp", "capacity", "webrtc", "auto"]
+PARTS = ["rtmp", "rtsp", "capacity", "webrtc", "auto", "profile"]
+RESULT_KEYS = ["latency", "idle", "rtsp", "capacity", "webrtc", "auto", "profile"]
 PLOT = ROOT / "bench" / "capacity.png"
 
 
@@ -948,6 +948,32 @@ anchor). "machine busy" also counts the camera simulator and the benchmark clien
 Held: **{best.get("adaptive", 0)} cameras** with the adaptive policy, {best.get("continuous", 0)}
 decoding every frame (the sweep stops at the first step that misses).
 {plot}"""
+
+
+def profile_section(prof: dict) -> str:
+    if not prof:
+        return ""
+    parts = []
+    for run in prof.values():
+        rows = "\n".join(
+            f"| `{r['function']}` | {r['calls']} | {r['tottime_s'] * 1000:.0f} | "
+            f"{r['tottime_s'] / max(1, run['frames']) * 1e6:.1f} |"
+            for r in run["top"]
+        )
+        parts.append(f"""### {run["protocol"].upper()}: {run["streams"]} idle 720p30 streams, {run["seconds"]:.0f} s
+{run["frames"]} video frames received; {run["busy_s"]:.2f} s of CPU in the server process over
+the whole run (start-up included; waiting in epoll left out).
+
+| function (own time) | calls | ms | µs per video frame |
+|---|---|---|---|
+{rows}
+""")
+    return (
+        "## Where an idle stream's CPU goes (cProfile)\n"
+        "`python bench/profile_ingest.py [--rtsp]`: the server under cProfile, publishers "
+        "connected, nobody asking for a picture. The FFmpeg children of RTSP pulls are not "
+        "in it (they are in the RTSP idle figure above).\n\n" + "\n".join(parts)
+    )
 
 
 def targets_section(results: dict) -> str:
@@ -1147,6 +1173,7 @@ nginx-rtmp, a C server that only relays packets, is the floor for "keeping packe
 {capacity_section(results["capacity"])}
 {webrtc_section(webrtc)}
 {auto_section(auto)}
+{profile_section(results["profile"])}
 ## What limits
 - Lazy decode: a snapshot decodes every frame since the last keyframe (at most one GOP: 60
   frames here), then converts to RGB and writes PNG (fpng, ~5 ms at 720p). p99 is set by
@@ -1262,6 +1289,14 @@ def main() -> int:
             capacity_plot(results["capacity"], PLOT)
     if run("auto"):
         results["auto"] = bench_auto(window / 2, args.max_auto_streams)
+    if run("profile"):
+        from profile_ingest import profile
+
+        log("profiling idle ingest (cProfile): RTMP, then RTSP")
+        results["profile"] = {
+            "rtmp": profile(args.idle_streams, window),
+            "rtsp": profile(args.idle_streams, window, rtsp=True),
+        }
     command = " ".join(["python", "bench/run.py", *sys.argv[1:]])
     runs = results.setdefault("runs", {})
     for part in PARTS:

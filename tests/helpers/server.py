@@ -46,10 +46,11 @@ class ServerProcess:
         self.ports: dict[str, int] = {}
         self.lines: list[str] = []
         self._ready = threading.Event()
+        self.launcher = [sys.executable, "-m", "streamsnap"]  # e.g. under cProfile in bench/
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamsnap", "serve", "--config", str(self.config)],
+            [*self.launcher, "serve", "--config", str(self.config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
