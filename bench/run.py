@@ -238,6 +238,7 @@ def bench_latency(
             res["warm_adaptive_ms"] = warm
             res["warm_adaptive_fresh"] = freshness_delta(before_warm, freshness_buckets(srv))
             if nginx:
+                res["keyframe"] = bench_keyframe_anchor(nginx.url(names[0]), max(5, n_rest // 4))
                 log(f"{size}: {n_cli} runs of ffmpeg -i rtmp://nginx/... -frames:v 1")
                 res["ffmpeg_cli_ms"] = [
                     ffmpeg_cli_ms(nginx.url(names[0]), OUT / "cli.png") for _ in range(n_cli)
@@ -251,6 +252,96 @@ def bench_latency(
             for n in names:
                 srv.wait_gone(n)
     return results
+
+
+class KeyframeSnapshotter:
+    """The anchor for freshness: snapshots made from keyframes only, as go2rtc (waits for the
+    next keyframe) and Wowza-style thumbnailers (decode the last keyframe) make them. Plays the
+    stream from nginx-rtmp with PyAV in a thread and keeps the last keyframe packet."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        import av
+
+        self.container = av.open(url, options={"rtmp_live": "live"})
+        self.stream = self.container.streams.video[0]
+        self.cond = threading.Condition()
+        self.frames = 0  # video packets received
+        self.keyframes = 0
+        self.last_key: tuple[object, int] | None = None  # (packet, frames count at it)
+        self._stop = False
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for packet in self.container.demux(self.stream):
+            if self._stop:
+                break
+            if packet.size == 0:
+                continue
+            with self.cond:
+                self.frames += 1
+                if packet.is_keyframe:
+                    self.keyframes += 1
+                    self.last_key = (packet, self.frames)
+                self.cond.notify_all()
+
+    def _decode(self, packet: object) -> None:
+        import av
+
+        ctx = av.CodecContext.create(self.stream.codec_context.name, "r")
+        ctx.extradata = self.stream.codec_context.extradata
+        frames = ctx.decode(packet) + ctx.decode(None)  # type: ignore[arg-type]
+        frames[-1].to_image()  # RGB, as an encoder would need
+
+    def last_keyframe(self) -> tuple[float, int]:
+        """Wowza-style: decode the last keyframe. (ms, frames behind the newest)."""
+        t0 = time.perf_counter()
+        with self.cond:
+            assert self.last_key is not None
+            packet, at = self.last_key
+            behind = self.frames - at
+        self._decode(packet)
+        return (time.perf_counter() - t0) * 1000, behind
+
+    def next_keyframe(self) -> tuple[float, int]:
+        """go2rtc-style: wait for the next keyframe, decode it. (ms, frames behind)."""
+        t0 = time.perf_counter()
+        with self.cond:
+            seen = self.keyframes
+            self.cond.wait_for(lambda: self.keyframes > seen, timeout=10)
+            assert self.last_key is not None
+            packet, _ = self.last_key
+        self._decode(packet)
+        return (time.perf_counter() - t0) * 1000, 0
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join(5)
+        self.container.close()
+
+
+def bench_keyframe_anchor(url: str, n: int) -> dict:
+    log(f"anchor: {n} keyframe-only snapshots each way (last keyframe; wait for the next one)")
+    snapper = KeyframeSnapshotter(url)
+    try:
+        deadline = time.monotonic() + 15
+        while snapper.last_key is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        last, nxt = [], []
+        for _ in range(n):
+            time.sleep(random.uniform(0.2, 1.2))
+            last.append(snapper.last_keyframe())
+            time.sleep(random.uniform(0.2, 1.2))
+            nxt.append(snapper.next_keyframe())
+    finally:
+        snapper.close()
+    return {
+        "last_ms": [ms for ms, _ in last],
+        "last_behind": [b for _, b in last],
+        "next_ms": [ms for ms, _ in nxt],
+    }
 
 
 def bench_concurrent(server: ServerProcess, name: str, rounds: int, clients: int = 200) -> dict:
@@ -1089,9 +1180,18 @@ def summarize(results: dict, argv: list[str]) -> str:
             f"{statistics.median(cli) / statistics.median(lazy):.0f}x" if lazy and cli else "-"
         )
         rows.append("| " + " | ".join(cells) + " |")
+        kf = r.get("keyframe")
+        anchors = (
+            f"{statistics.median(kf['last_behind']):.0f} / {max(kf['last_behind'])} frames behind, "
+            f"{statistics.median(kf['last_ms']):.0f} ms | 0 behind, "
+            f"{statistics.median(kf['next_ms']):.0f} / {percentile(kf['next_ms'], 99):.0f} ms"
+            if kf
+            else "- | -"
+        )
         fresh_rows.append(
             f"| {size} | {fresh_text(r.get('idle10_lazy_fresh'))} | "
-            f"{fresh_text(r.get('idle10_adaptive_fresh'))} | {fresh_text(r.get('warm_adaptive_fresh'))} |"
+            f"{fresh_text(r.get('idle10_adaptive_fresh'))} | "
+            f"{fresh_text(r.get('warm_adaptive_fresh'))} | {anchors} |"
         )
     idle_rows = []
     for label in ("streamsnap", "nginx-rtmp"):
@@ -1152,11 +1252,15 @@ a request decodes from the last keyframe) and one with the default `decode = "ad
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-All in ms. Freshness (server-side, `streamsnap_snapshot_frames_behind`: frames received before
-the request that are newer, in display order, than the frame shown):
+All in ms. Freshness: frames received before the request that are newer, in display order,
+than the frame shown (streamsnap: the server's `streamsnap_snapshot_frames_behind`). Anchors,
+on the same stream played from nginx-rtmp with PyAV: a snapshot of the last keyframe (what
+thumbnailers such as Wowza's serve: fast, up to a GOP old; p50 / max frames behind, p50
+latency) and a snapshot of the next keyframe (what go2rtc's `frame.jpeg` does: fresh, but it
+waits for the keyframe; p50 / p99 latency).
 
-| stream | idle 10 s lazy | idle 10 s adaptive | warm |
-|---|---|---|---|
+| stream | idle 10 s lazy | idle 10 s adaptive | warm | last keyframe | next keyframe |
+|---|---|---|---|---|---|
 {chr(10).join(fresh_rows)}
 {conc_text}
 ## Idle cost per stream (nobody asks for a picture)
