@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import av
 
+from . import h264
+
 log = logging.getLogger(__name__)
 
 
@@ -64,6 +66,8 @@ class FrameStore:
         self.width = 0
         self.height = 0
         self._extradata: bytes | None = None
+        self._decoder_extradata: bytes | None = None
+        self._h264_length = 0
         self._gop: list[_Packet] = []
         self._gop_bytes = 0
         self._gop_id = 0
@@ -84,7 +88,7 @@ class FrameStore:
         self._waiters: list[asyncio.Future[None]] = []
         self.decode_errors = 0
         self.decode_passes = 0  # decode_latest calls that fed the decoder (or drained it)
-        self.frames_decoded = 0  # pictures the decoder produced (skipped frames are not)
+        self.frames_decoded = 0  # frames fed to the decoder and not skipped (H.264)
         self.continuous = False  # decoded as frames arrive (the decode policy decides)
         self.decodes_itself = False  # pictures arrive decoded (push_picture)
 
@@ -101,6 +105,13 @@ class FrameStore:
             )
         self.codec_name = codec_name
         self._extradata = extradata
+        self._h264_length = 0  # H.264: the NAL length size of in-band SPS to rewrite
+        if codec_name == "h264" and extradata:
+            # the decoder then returns each I/P picture as soon as it is decoded (h264.py)
+            self._decoder_extradata: bytes | None = h264.no_reorder_avcc(extradata)
+            self._h264_length = h264.avcc_length_size(extradata)
+        else:
+            self._decoder_extradata = extradata
         self._gop = []
         self._gop_bytes = 0
         self._gop_id += 1
@@ -117,6 +128,8 @@ class FrameStore:
         self.bytes_in += size
         self._recent.append((time.monotonic(), size))
         if keyframe:
+            if self._h264_length:
+                data = h264.no_reorder_access_unit(data, self._h264_length)
             if self._gop:
                 self.gop_length = len(self._gop)
             self._gop = [_Packet(data, pts, pts if dts is None else dts, index)]
@@ -283,9 +296,14 @@ class FrameStore:
                 index_of[pkt.pts] = pkt.index
                 if skipping:
                     decoder.skip_frame = "DEFAULT" if i in wanted else "NONREF"
-                frames = self._decode(decoder, pkt)
-                self.frames_decoded += len(frames)
-                for frame in frames:
+                if not (
+                    skipping
+                    and i not in wanted
+                    and self._h264_length
+                    and not h264.is_reference(pkt.data, self._h264_length)
+                ):
+                    self.frames_decoded += 1
+                for frame in self._decode(decoder, pkt):
                     best = self._better(best, frame, index_of, gop_id)
             if skipping:
                 decoder.skip_frame = "DEFAULT"
@@ -324,8 +342,8 @@ class FrameStore:
                 "stream %s: no decoder for codec %r: %s", self.stream_name, self.codec_name, exc
             )
             return None
-        if self._extradata:
-            ctx.extradata = self._extradata
+        if self._decoder_extradata:
+            ctx.extradata = self._decoder_extradata
         ctx.thread_count = 1  # one core per stream at most; the pool spreads streams over cores
         ctx.thread_type = "NONE"
         return ctx
@@ -353,7 +371,6 @@ class FrameStore:
     ) -> Picture | None:
         try:
             for frame in decoder.decode(None):
-                self.frames_decoded += 1
                 best = self._better(best, frame, index_of, gop_id)
         except av.FFmpegError:
             pass
