@@ -1284,12 +1284,14 @@ nginx-rtmp, a C server that only relays packets, is the floor for "keeping packe
   requests that land late in a GOP (a full GOP decode, 2-5 ms a frame at 720p-1080p on this
   CPU). The adaptive policy decodes a stream asked for often (or recently, CPU allowing) as its
   frames arrive, leaving the RGB conversion and the PNG encode (plus HTTP and base64).
-- Freshness of B-frame streams: the decoder releases a picture only after its reorder delay
-  (2 frames with x264 defaults). A lazy request drains the decoder and shows the newest frame
-  received (the decoder then restarts from the keyframe, which a lazy stream pays anyway); a
-  continuously decoded stream is not drained (that would re-decode the GOP on every request),
-  so a warm B-frame stream shows the picture the reorder delay allows. Streams without
-  B-frames (cameras, WebRTC, x264 `zerolatency`) show the newest frame in both modes.
+- Freshness of B-frame streams: a decoder returns pictures in display order, holding each back
+  for the SPS's `max_num_reorder_frames` (2 with x264 defaults). streamsnap gives its decoder an
+  SPS that says 0: FFmpeg then returns every I/P picture as soon as it is decoded and keeps the
+  B-frames (always older on screen than the P-frame decoded before them) out of its output, so
+  the picture held is the newest received, lazy or continuous, with no decoder drain. A stream
+  whose SPS lacks the VUI bitstream restriction is drained on lazy requests instead.
+- Lazy catch-up skips non-reference frames (nothing refers to them; ~40 % of an x264 stream)
+  except the newest, so a snapshot after a quiet spell decodes I/P frames and reference B-frames.
 - The FFmpeg command line pays a process start, the RTMP handshake and play, stream probing,
   and the wait for the next keyframe (up to one GOP): seconds, whatever the machine.
 - A cold RTSP snapshot is bounded by the camera: the RTSP handshake and the wait for its next
