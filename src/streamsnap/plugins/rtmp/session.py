@@ -66,6 +66,7 @@ class RtmpSession(asyncio.Protocol):
         self.app_name = ""
         self.stream: Stream | None = None
         self.publish_name = ""
+        self._publish_stream_id = 0
         self._next_stream_id = 1
         self._peer_window = 0  # the client's Window Acknowledgement Size
         self._received = 0
@@ -306,6 +307,7 @@ class RtmpSession(asyncio.Protocol):
             return
         self.stream = stream
         self.publish_name = name
+        self._publish_stream_id = stream_id
         self._send(CSID_CONTROL, USER_CONTROL, 0, struct.pack(">HI", STREAM_BEGIN, stream_id))
         self._status(stream_id, "status", "NetStream.Publish.Start", f"{name} is now published.")
         self._await(self.app.announce(stream), f"rtmp-publish:{name}")
@@ -342,6 +344,10 @@ class RtmpSession(asyncio.Protocol):
             return
         name = self.stream.name if self.stream is not None else "-"
         log.log(level, "rtmp %s (stream %s): closing: %s", self.peer, name, reason)
+        if self.stream is not None:
+            # tell the publisher why its stream ends (shutdown, terminate, timeout) before the
+            # connection closes; the transport flushes it first
+            self._status(self._publish_stream_id, "status", "NetStream.Unpublish.Success", reason)
         self._closing_reason = reason
         self._state = "closed"
         self._backlog.clear()
