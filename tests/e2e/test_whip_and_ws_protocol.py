@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers.browser import browser_available, chromium, make_y4m
-from tests.helpers.media import FFMPEG, Publisher
+from tests.helpers.media import ffmpeg_whip
 
 pytestmark = pytest.mark.e2e
 
@@ -21,43 +21,6 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def webrtc_server(make_server):
     return make_server(webrtc={"ice_addresses": ["127.0.0.1"]})
-
-
-def ffmpeg_whip(url: str, size: str = "640x360", token: str | None = None) -> Publisher:
-    argv = [
-        FFMPEG,
-        "-hide_banner",
-        "-loglevel",
-        "warning",
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        f"testsrc2=size={size}:rate=30",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=sample_rate=48000",
-        "-c:v",
-        "libx264",
-        "-profile:v",
-        "baseline",
-        "-tune",
-        "zerolatency",
-        "-bf",
-        "0",
-        "-g",
-        "30",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "libopus",
-        "-ac",
-        "2",
-    ]
-    if token:
-        argv += ["-authorization", token]
-    return Publisher([*argv, "-f", "whip", url])
 
 
 def test_ffmpeg_whip_publish_then_rest_snapshot(webrtc_server):

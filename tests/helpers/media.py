@@ -184,6 +184,22 @@ def ffmpeg_testsrc(
     return Publisher(argv)
 
 
+def ffmpeg_whip(
+    url: str, size: str = "640x360", token: str | None = None, seconds: float | None = None
+) -> Publisher:
+    """FFmpeg 9's WHIP muxer publishing a test picture and sound (it DELETEs when it ends)."""
+    argv = [FFMPEG, "-hide_banner", "-loglevel", "warning", "-re"]
+    argv += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30"]
+    argv += ["-f", "lavfi", "-i", "sine=sample_rate=48000"]
+    if seconds:
+        argv += ["-t", str(seconds)]
+    argv += ["-c:v", "libx264", "-profile:v", "baseline", "-tune", "zerolatency", "-bf", "0"]
+    argv += ["-g", "30", "-pix_fmt", "yuv420p", "-c:a", "libopus", "-ac", "2"]
+    if token:
+        argv += ["-authorization", token]
+    return Publisher([*argv, "-f", "whip", url])
+
+
 def gst_counter(
     url: str, sink: str = "rtmp2sink", width: int = 1280, height: int = 720, fps: int = 30
 ) -> CounterPublisher:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import ssl
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -106,6 +107,8 @@ class App:
         self.auth = Authenticator(auth.token, auth.users, auth.publish_keys)
         self.refused: Counter[str] = Counter()  # refusals by rule, for /metrics
         self.snapshots_in_flight = 0  # REST and WebSocket snapshots being served
+        self.pm.guard.spawn = lambda coro, name: self.spawn(coro, name=name)
+        self.ended: Counter[tuple[str, str]] = Counter()  # (protocol, reason) -> streams ended
 
     def _warn_unknown_sections(self) -> None:
         known = {name for name, _ in self.pm.list_name_plugin()} | set(self.backends.factories)
@@ -254,7 +257,7 @@ class App:
         except TimeoutError:
             log.error("plugins did not shut down within %.1f s", timeout)
         for stream in list(self.streams):
-            await self.unpublish(stream)
+            await self.unpublish(stream, "server shutting down")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -269,6 +272,7 @@ class App:
                     log.exception("storage backend %s failed to close", name)
         for task in list(self._tasks):
             task.cancel()
+        self.pm.guard.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.auth.close()
         self.io_executor.shutdown(wait=True)  # files being written are finished, not cut
@@ -411,6 +415,7 @@ class App:
         if not self.streams.remove(stream):
             return
         stream.status = "UNPUBLISHED"
+        self.ended[stream.protocol, _reason_kind(reason or "publisher left")] += 1
         stream.frames.reset()
         self.snapshots.forget(stream)
         log.info(
@@ -439,14 +444,21 @@ class App:
         if not self._frame_impls:
             return
         args = (stream, handle, self)
+        guard = self.pm.guard
         for impl, positions in self._frame_impls:
-            try:
-                result = impl.function(*[args[p] for p in positions])
-            except Exception:
-                log.exception(
-                    "plugin %s failed in on_frame (stream %s)", impl.plugin_name, stream.name
-                )
+            call_args = tuple(args[p] for p in positions)
+            worker = guard.offloaded(impl.plugin_name, "on_frame")
+            if worker is not None:
+                worker.submit("on_frame", impl.function, call_args)
                 continue
+            started = time.perf_counter()
+            try:
+                result = impl.function(*call_args)
+            except Exception as exc:
+                guard.failed(impl.plugin_name, "on_frame", exc, stream)
+                continue
+            finally:
+                guard.took(impl.plugin_name, "on_frame", time.perf_counter() - started, stream)
             if inspect.isawaitable(result):
                 self.spawn(result, name=f"on_frame:{impl.plugin_name}")
 
@@ -497,6 +509,11 @@ class App:
             log.exception("storage backend %s failed to store %s", name, path)
 
 
+def _reason_kind(reason: str) -> str:
+    """A bounded label for why a stream ended: the reason up to its details."""
+    return reason.split(":", 1)[0].split(" (", 1)[0].strip()[:48] or "unknown"
+
+
 def _bound_port(site: web.TCPSite) -> int:
     server = site._server  # aiohttp exposes the bound sockets only here
     sockets = getattr(server, "sockets", None) or []
@@ -519,6 +536,33 @@ async def start_site(
     return _bound_port(site) or port
 
 
+def child_pids() -> list[int]:
+    """Pids of this process's children (FFmpeg pulls), from /proc; empty where there is none."""
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):  # a child belongs to the thread that forked it
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+    return pids
+
+
+def _last_resort_exit(timeout: float) -> None:
+    """Shutdown thread: the loop did not finish stopping in time (a plugin or a write that never
+    returns): kill the children so none outlives the server, and exit."""
+    pids = child_pids()
+    log.error(
+        "shutdown did not finish within %.1f s ([server] shutdown_timeout_s): killing children "
+        "%s and exiting",
+        timeout,
+        pids or "-",
+    )
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    logging.shutdown()
+    os._exit(1)
+
+
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     """Run a server until SIGINT/SIGTERM (or ``stop`` is set)."""
     stop = stop or asyncio.Event()
@@ -526,10 +570,22 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
+    # Over a file size limit (ulimit -f), a write must fail with EFBIG and be handled like a
+    # full disk, not kill the server.
+    with contextlib.suppress(AttributeError, ValueError):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     app = App(config)
     await app.start()
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
+        timeout = config.server.shutdown_timeout_s
+        log.info("shutting down (at most %.1f s)", timeout)
+        # A timer thread, not the loop: it fires even when something blocks the loop.
+        guard = threading.Timer(timeout, _last_resort_exit, (timeout,))
+        guard.daemon = True
+        guard.start()
+        started = time.monotonic()
         await app.stop()
+        guard.cancel()
+        log.info("stopped in %.1f s", time.monotonic() - started)

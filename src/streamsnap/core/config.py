@@ -102,6 +102,7 @@ class WebRtcConfig:
     ice_servers: list[str] = field(default_factory=list)  # "stun:host:port"; empty: none
     max_message_bytes: int = 1 << 20  # WebSocket message limit
     sdk_dir: str = ""  # @flashphoner/websdk folder served at /sdk/; empty: ./node_modules/...
+    idle_timeout_s: float = 10.0  # a WebRTC/WHIP publisher sending no video this long is ended
 
 
 @dataclass
@@ -136,6 +137,9 @@ class LimitsConfig:
 class PluginsConfig:
     enabled: list[str] = field(default_factory=list)  # empty: every built-in and installed plugin
     disabled: list[str] = field(default_factory=list)
+    # a synchronous hook call holding the event loop this long is logged; on_frame and
+    # on_snapshot_saved of that plugin then run on a thread of its own
+    slow_hook_s: float = 0.5
 
 
 @dataclass
@@ -269,6 +273,8 @@ def _validate(cfg: Config) -> None:
     for key in ("max_streams", "max_publishers_per_ip", "max_concurrent_snapshots"):
         positive("limits", key, 0)
     Authenticator(cfg.auth.token, cfg.auth.users, cfg.auth.publish_keys)  # raises ConfigError
+    positive("webrtc", "idle_timeout_s", 0.5)
+    positive("plugins", "slow_hook_s", 0.01)
     if cfg.rtmp.chunk_size > 0x7FFFFFFF:
         raise ConfigError(f"[rtmp] chunk_size = {cfg.rtmp.chunk_size!r}: at most 2147483647")
 

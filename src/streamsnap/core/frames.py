@@ -177,6 +177,9 @@ class FrameStore:
         self._latest = None
         with self._lock:
             self._decoder = None
+            self._dec_best = None  # the last picture, and what it holds, go with the stream
+            self._dec_index = {}
+            self._dec_gop = -1
         for fut in self._waiters:
             if not fut.done():
                 fut.set_result(None)

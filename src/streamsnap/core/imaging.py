@@ -42,11 +42,13 @@ def target_size(src_w: int, src_h: int, width: int | None, height: int | None) -
 
 
 def to_rgb(frame: av.VideoFrame, width: int | None = None, height: int | None = None) -> np.ndarray:
+    # threads=1: swscale's default starts a pool of one thread per core for every frame it
+    # converts, kept until that frame is freed; the snapshot pool already spreads the work
     w, h = target_size(frame.width, frame.height, width, height)
     if (w, h) != (frame.width, frame.height):
-        frame = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA")
+        frame = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA", threads=1)
         return frame.to_ndarray()
-    return frame.to_ndarray(format="rgb24")
+    return frame.to_ndarray(format="rgb24", threads=1)
 
 
 def encode(

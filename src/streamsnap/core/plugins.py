@@ -13,6 +13,7 @@ import inspect
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -24,6 +25,7 @@ from .._version import __version__
 from ..hooks import PROJECT_NAME, specs
 from .config import PluginsConfig
 from .errors import StartupError, StreamsnapError
+from .hookguard import HookGuard
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +62,10 @@ def _builtin_name(module: str) -> str:
 class PluginManager(pluggy.PluginManager):
     """pluggy's manager plus where each plugin came from and isolated broadcast calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, slow_hook_s: float = 0.5) -> None:
         super().__init__(PROJECT_NAME)
         self.add_hookspecs(specs)
+        self.guard = HookGuard(slow_hook_s)
         self.sources: dict[str, tuple[str, str]] = {}  # name -> (source, version)
         if os.environ.get("STREAMSNAP_TRACE_PLUGINS"):
             self.trace.root.setwriter(lambda msg: log.info("plugin trace: %s", msg.rstrip()))
@@ -81,18 +84,30 @@ class PluginManager(pluggy.PluginManager):
     def broadcast(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation of a broadcast hook; one that raises is logged and skipped.
 
-        Returns ``(plugin name, result)`` pairs in call order; results may be awaitables.
+        Returns ``(plugin name, result)`` pairs in call order; results may be awaitables. A
+        plugin that blocked the loop before runs its offloadable hooks on its own thread
+        (no result then).
         """
         caller = getattr(self.hook, hook_name)
+        guard = self.guard
+        stream = kwargs.get("stream")
         results = []
         for impl in reversed(caller.get_hookimpls()):  # pluggy's own order: last registered first
             if impl.hookwrapper or impl.wrapper:
                 continue
-            try:
-                result = impl.function(*[kwargs[a] for a in impl.argnames])
-            except Exception:
-                log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+            args = tuple(kwargs[a] for a in impl.argnames)
+            worker = guard.offloaded(impl.plugin_name, hook_name)
+            if worker is not None:
+                worker.submit(hook_name, impl.function, args)
                 continue
+            started = time.perf_counter()
+            try:
+                result = impl.function(*args)
+            except Exception as exc:
+                guard.failed(impl.plugin_name, hook_name, exc, stream)
+                continue
+            finally:
+                guard.took(impl.plugin_name, hook_name, time.perf_counter() - started, stream)
             results.append((impl.plugin_name, result))
         return results
 
@@ -103,8 +118,8 @@ class PluginManager(pluggy.PluginManager):
             if inspect.isawaitable(result):
                 try:
                     result = await result
-                except Exception:
-                    log.exception("plugin %s failed in %s", name, hook_name)
+                except Exception as exc:
+                    self.guard.failed(name, hook_name, exc, kwargs.get("stream"))
                     continue
             out.append((name, result))
         return out
@@ -127,8 +142,8 @@ class PluginManager(pluggy.PluginManager):
                     result = await result
             except StreamsnapError:
                 raise  # a deliberate answer (e.g. InvalidStreamName), not a plugin bug
-            except Exception:
-                log.exception("plugin %s failed in %s (ignored)", impl.plugin_name, hook_name)
+            except Exception as exc:
+                self.guard.failed(impl.plugin_name, hook_name, exc, kwargs.get("stream"))
                 continue
             if result is not None:
                 return result
@@ -147,7 +162,7 @@ def make_plugin_manager(
     extra: Iterable[tuple[str, object]] = (),
 ) -> PluginManager:
     """Build the plugin manager for ``config``; raises :class:`StartupError` naming the plugin."""
-    pm = PluginManager()
+    pm = PluginManager(config.slow_hook_s)
     enabled, disabled = set(config.enabled), set(config.disabled)
     builtins = tuple(builtins)
     eps = list(_entry_points()) if load_entry_points else []

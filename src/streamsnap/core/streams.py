@@ -40,6 +40,9 @@ class Stream:
     failure: str = ""  # why the source cannot deliver now (WCS wording), "" when fine
     last_used: float = field(default_factory=time.monotonic)  # last snapshot/find of it
     requests: deque[float] = field(default_factory=lambda: deque(maxlen=64))  # snapshot times
+    # what is going wrong around the stream while it stays live, by the plugin that noticed
+    # (e.g. {"auto_snapshot": "cannot write ...: No space left on device"}); "" entries removed
+    faults: dict[str, str] = field(default_factory=dict)
 
     def touch(self) -> None:
         self.last_used = time.monotonic()
@@ -92,6 +95,7 @@ class Stream:
             "framesIn": frames.frames_in,
             "info": self.failure,
             "decode": "continuous" if frames.continuous else "lazy",
+            "faults": dict(self.faults),
         }
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ import random
 import re
 import signal
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -96,6 +96,7 @@ class FfmpegSupervisor:
         self.pid: int | None = None
         self.starts = 0
         self.last_exit: ChildExit | None = None
+        self.exits: Counter[str] = Counter()  # exits by kind, stops on request included
         self._last_progress = 0.0
         self._progressed = False
         self._stopping = asyncio.Event()
@@ -136,6 +137,7 @@ class FfmpegSupervisor:
             started = time.monotonic()
             result = await self._run_once()
             self.last_exit = result
+            self.exits[result.kind] += 1
             if self._stopping.is_set():
                 break
             if self.on_exit is not None:

@@ -103,6 +103,9 @@ def on_frame(stream: Stream, frame: FrameHandle, app: App) -> None:
     """A video frame (access unit) of ``stream`` arrived (``app``: take it only if needed).
 
     Fires for every video frame, on the event loop, so it must be cheap and must not block.
+    A plugin whose synchronous call blocks longer than ``[plugins] slow_hook_s`` is logged and
+    gets its ``on_frame`` (and ``on_snapshot_saved``) calls on a thread of its own from then on,
+    dropped while its backlog is full.
     ``frame`` is a light handle (``index``, ``pts``, ``keyframe``, ``size``); it holds no pixels.
     Ask the snapshot service for a picture when one is needed: that is what triggers decoding.
     Return value ignored; awaitables are not awaited.

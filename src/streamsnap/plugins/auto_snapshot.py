@@ -49,6 +49,7 @@ class Target:
     failing: bool = False  # an error was logged for this stream; log again once it recovers
     busy: bool = False  # a snapshot is being taken or written
     owed: bool = False  # a turn came while busy: take one more right after
+    errors: int = 0  # files that could not be written
 
     def path(self, seq: int) -> Path:
         return self.folder / f"{self.prefix}_{seq:08d}.{EXTENSIONS[self.format]}"
@@ -181,10 +182,14 @@ class AutoSnapshotter:
             os.replace(tmp, final)
         except OSError as exc:
             self.stats.errors += 1
+            target.errors += 1
             with contextlib.suppress(OSError):
                 tmp.unlink()
             if not target.failing:
                 target.failing = True
+                target.stream.faults["auto_snapshot"] = (
+                    f"cannot write snapshots to {target.folder}: {exc.strerror or exc}"
+                )
                 log.error(
                     "stream %s: cannot write snapshots to %s: %s (further failures are "
                     "counted, not logged)",
@@ -195,6 +200,7 @@ class AutoSnapshotter:
             return
         if target.failing:
             target.failing = False
+            target.stream.faults.pop("auto_snapshot", None)
             log.info("stream %s: writing snapshots to %s again", target.stream.name, target.folder)
         self.stats.written += 1
         target.kept.append(seq)

@@ -151,6 +151,12 @@ def render(app: App) -> str:
             "Auto-snapshot files that could not be written (disk full, read-only...).",
             [(auto.stats.errors, None)],
         )
+        metric(
+            "streamsnap_auto_snapshot_stream_write_errors_total",
+            "counter",
+            "Auto-snapshot files that could not be written, per live stream.",
+            [(t.errors, {"stream": t.stream.name}) for t in list(auto.targets.values())],
+        )
     pulls = app.state.get("pull")
     if pulls is not None:
         metric(
@@ -159,6 +165,47 @@ def render(app: App) -> str:
             "FFmpeg children started per pull.",
             [(c.supervisor.starts, {"stream": c.name}) for c in pulls.cameras.values()],
         )
+        metric(
+            "streamsnap_child_exits_total",
+            "counter",
+            "FFmpeg children that ended per pull, by why (exited, stall, timeout, auth...).",
+            [
+                (n, {"stream": c.name, "kind": kind})
+                for c in pulls.cameras.values()
+                for kind, n in sorted(c.supervisor.exits.items())
+            ],
+        )
+    metric(
+        "streamsnap_streams_ended_total",
+        "counter",
+        "Publish sessions ended, by source protocol and reason.",
+        [(n, {"protocol": p, "reason": r}) for (p, r), n in sorted(app.ended.items())],
+    )
+    guard = app.pm.guard
+    metric(
+        "streamsnap_plugin_errors_total",
+        "counter",
+        "Hook calls that raised, by plugin and hook.",
+        [(n, {"plugin": p, "hook": h}) for (p, h), n in sorted(guard.errors.items())],
+    )
+    metric(
+        "streamsnap_plugin_slow_calls_total",
+        "counter",
+        "Synchronous hook calls that held the event loop longer than [plugins] slow_hook_s.",
+        [(n, {"plugin": p, "hook": h}) for (p, h), n in sorted(guard.slow.items())],
+    )
+    metric(
+        "streamsnap_plugin_offloaded",
+        "gauge",
+        "1 for a plugin whose on_frame/on_snapshot_saved calls run on a thread of its own.",
+        [(1, {"plugin": p}) for p in sorted(guard.workers)],
+    )
+    metric(
+        "streamsnap_plugin_calls_dropped_total",
+        "counter",
+        "Calls of an offloaded plugin dropped because its backlog was full.",
+        [(n, {"plugin": p}) for p, n in sorted(guard.dropped.items())],
+    )
     return "\n".join(out) + "\n"
 
 

@@ -269,6 +269,7 @@ class Pull:
             if stream.status != "PUBLISHING" and stream.frames.decodable:
                 stream.status = "PUBLISHING"
                 stream.failure = ""
+                stream.faults.pop("pull", None)
                 self.frames_seen = True
                 log.info(
                     "stream %s: receiving video from %s (%s)",
@@ -280,6 +281,9 @@ class Pull:
     def on_exit(self, result: ChildExit) -> None:
         stream = self.stream
         stream.frames.reset()  # no stale picture: snapshots wait for the source again
+        stream.faults["pull"] = (
+            f"FFmpeg child {result.kind} (exit {result.returncode}): {result.message}; restarting"
+        )
         if result.kind in ("auth", "not_found", "unreachable", "timeout", "refused"):
             message = result.message
             if result.kind != "not_found" and not self.url.scheme.startswith("rtsp"):

@@ -167,9 +167,20 @@ class WebRtcEngine:
         """Drain the receiver, keeping only the newest picture (aiortc queues every frame)."""
         frames = stream.frames
         first = True
+        idle = self.config.idle_timeout_s
         try:
             while True:
-                frame = await track.recv()
+                try:
+                    # a publisher that vanished (tab killed, no DELETE) sends nothing more;
+                    # ICE consent would notice only after about 30 s
+                    frame = await asyncio.wait_for(track.recv(), idle)
+                except TimeoutError:
+                    if self.app.is_live(stream):
+                        log.warning(
+                            "stream %s: no video for %g s, ending the publish", stream.name, idle
+                        )
+                        await self.app.terminate(stream, f"no video for {idle:g} s")
+                    return
                 if first:
                     first = False
                     log.info(

@@ -80,6 +80,7 @@ class RtmpSession(asyncio.Protocol):
         self._connect_params: dict[str, str] = {}  # query of the connect app/tcUrl (?key=)
         self.stream: Stream | None = None
         self.publish_name = ""
+        self._publish_stream_id = 0
         self._next_stream_id = 1
         self._peer_window = 0  # the client's Window Acknowledgement Size
         self._received = 0
@@ -346,6 +347,7 @@ class RtmpSession(asyncio.Protocol):
             return
         self.stream = stream
         self.publish_name = name
+        self._publish_stream_id = stream_id
         self._send(CSID_CONTROL, USER_CONTROL, 0, struct.pack(">HI", STREAM_BEGIN, stream_id))
         self._status(stream_id, "status", "NetStream.Publish.Start", f"{name} is now published.")
         await self.app.announce(stream)
@@ -382,6 +384,10 @@ class RtmpSession(asyncio.Protocol):
             return
         name = self.stream.name if self.stream is not None else "-"
         log.log(level, "rtmp %s (stream %s): closing: %s", self.peer, name, reason)
+        if self.stream is not None:
+            # tell the publisher why its stream ends (shutdown, terminate, timeout) before the
+            # connection closes; the transport flushes it first
+            self._status(self._publish_stream_id, "status", "NetStream.Unpublish.Success", reason)
         self._closing_reason = reason
         self._state = "closed"
         self._backlog.clear()
