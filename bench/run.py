@@ -397,9 +397,15 @@ def bench_concurrent(server: ServerProcess, name: str, rounds: int, clients: int
     return out
 
 
-def bench_idle(server: ServerProcess, nginx: NginxRtmp | None, streams: int, window: float) -> dict:
-    clip = make_clip("1280x720")
-    out: dict = {"streams": streams, "window_s": window}
+def bench_idle(
+    server: ServerProcess,
+    nginx: NginxRtmp | None,
+    streams: int,
+    window: float,
+    size: str = "1280x720",
+) -> dict:
+    clip = make_clip(size)
+    out: dict = {"streams": streams, "window_s": window, "size": size}
     for label, pid, url_of in (
         ("streamsnap", server.proc.pid, server.rtmp_url),
         *((("nginx-rtmp", nginx.proc.pid, nginx.url),) if nginx else ()),
@@ -989,7 +995,7 @@ Cost of keeping 720p30 cameras pulled with no snapshots: {idle["cameras"]} camer
 
 
 PARTS = ["rtmp", "rtsp", "capacity", "webrtc", "auto", "profile"]
-RESULT_KEYS = ["latency", "idle", "rtsp", "capacity", "webrtc", "auto", "profile"]
+RESULT_KEYS = ["latency", "idle", "idle_1080", "rtsp", "capacity", "webrtc", "auto", "profile"]
 PLOT = ROOT / "bench" / "capacity.png"
 
 
@@ -1199,15 +1205,16 @@ def summarize(results: dict, argv: list[str]) -> str:
             f"{fresh_text(r.get('warm_adaptive_fresh'))} | {anchors} |"
         )
     idle_rows = []
-    for label in ("streamsnap", "nginx-rtmp"):
-        if label in idle:
-            d = idle[label]
-            mem = d.get("mem_per_stream_mib")
-            idle_rows.append(
-                f"| {label} | {idle['streams']} | {d['total_pct']:.1f} | "
-                f"{d['baseline_pct']:.2f} | {d['per_stream_pct']:.2f} | "
-                f"{'-' if mem is None else f'{mem:.1f}'} |"
-            )
+    for run_ in (idle, results.get("idle_1080") or {}):
+        for label in ("streamsnap", "nginx-rtmp"):
+            if label in run_:
+                d = run_[label]
+                mem = d.get("mem_per_stream_mib")
+                idle_rows.append(
+                    f"| {label} | {run_.get('size', '1280x720')} | {run_['streams']} | "
+                    f"{d['total_pct']:.1f} | {d['baseline_pct']:.2f} | {d['per_stream_pct']:.2f} | "
+                    f"{'-' if mem is None else f'{mem:.1f}'} |"
+                )
     conc_text = ""
     conc = lat.get("1280x720", {}).get("concurrent")
     if conc:
@@ -1270,13 +1277,13 @@ waits for the keyframe; p50 / p99 latency).
 {chr(10).join(fresh_rows)}
 {conc_text}
 ## Idle cost per stream (nobody asks for a picture)
-Server CPU time (utime+stime from /proc) over {idle.get("window_s", 0):.0f} s with 720p30
-publishers connected, minus the server's own idle baseline, per stream, in % of one core;
+Server CPU time (utime+stime from /proc) over {idle.get("window_s", 0):.0f} s with 30 fps
+publishers connected (the clips above), minus the server's own idle baseline, per stream, in % of one core;
 memory is the growth of the server's proportional set size (PSS) per stream.
 nginx-rtmp, a C server that only relays packets, is the floor for "keeping packets".
 
-| server | streams | total % of a core | baseline % | per stream % | MiB per stream |
-|---|---|---|---|---|---|
+| server | stream | streams | total % of a core | baseline % | per stream % | MiB per stream |
+|---|---|---|---|---|---|---|
 {chr(10).join(idle_rows)}
 
 {rtsp_section(rtsp)}
@@ -1386,6 +1393,9 @@ def main() -> int:
             finally:
                 lazy.stop()
             results["idle"] = bench_idle(server, nginx, args.idle_streams, window)
+            results["idle_1080"] = bench_idle(
+                server, nginx, args.idle_streams, window, size="1920x1080"
+            )
         if run("rtsp"):
             results["rtsp"] = bench_rtsp(server, n_cli, n_rest, args.idle_streams, window)
         if run("webrtc"):
