@@ -39,9 +39,14 @@ class RtspCamera:
         fps: int = 30,
         digest: bool = False,
         gop: int = 0,
+        one_encoder: bool = False,
+        preset: str = "ultrafast",
+        profile: str = "baseline",
     ) -> None:
+        self.preset, self.profile = preset, profile  # x264enc speed-preset, H.264 profile
         self.size, self.user, self.password, self.fps = size, user, password, fps
         self.gop = gop or fps  # frames between keyframes
+        self.one_encoder = one_encoder  # sessions of URLs differing by query share an encoder
         self.digest = digest
         self.port = port
         self.proc: subprocess.Popen[str] | None = None
@@ -60,6 +65,9 @@ class RtspCamera:
             "--gop",
             str(self.gop),
         ]
+        if self.one_encoder:
+            argv.append("--one-encoder")
+        argv += ["--preset", self.preset, "--profile", self.profile]
         if self.user:
             argv += ["--user", self.user, "--password", self.password or ""]
             if self.digest:

@@ -19,6 +19,18 @@ gi.require_version("GstRtsp", "1.0")
 from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 
+class QueryBlindFactory(GstRtspServer.RTSPMediaFactory):
+    """A shared media is keyed by its URL, query included: ``/cam?a`` and ``/cam?b`` would each
+    get a pipeline and an encoder. Keyed by the path alone, every session shares one."""
+
+    def do_gen_key(self, url):
+        return url.abspath
+
+    def do_configure(self, media):
+        GstRtspServer.RTSPMediaFactory.do_configure(self, media)
+        media.set_reusable(True)  # prepared again when a session comes after all have left
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
@@ -26,6 +38,13 @@ def main() -> int:
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--gop", type=int, default=0, help="frames between keyframes (0: fps)")
+    parser.add_argument("--preset", default="ultrafast", help="x264enc speed-preset")
+    parser.add_argument("--profile", default="baseline", help="H.264 profile")
+    parser.add_argument(
+        "--one-encoder",
+        action="store_true",
+        help="URLs that differ only in their query share one pipeline (one encoder)",
+    )
     parser.add_argument("--user")
     parser.add_argument("--password")
     parser.add_argument("--digest", action="store_true", help="Digest instead of Basic auth")
@@ -46,14 +65,14 @@ def main() -> int:
             f"video/x-raw,width={width},height={height},framerate={args.fps}/1"
         )
     launch = (
-        f"( {source} ! x264enc tune=zerolatency speed-preset=ultrafast "
-        f"key-int-max={args.gop or args.fps} ! video/x-h264,profile=baseline ! "
+        f"( {source} ! x264enc tune=zerolatency speed-preset={args.preset} "
+        f"key-int-max={args.gop or args.fps} ! video/x-h264,profile={args.profile} ! "
         f"rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
-    factory = GstRtspServer.RTSPMediaFactory()
+    factory = QueryBlindFactory() if args.one_encoder else GstRtspServer.RTSPMediaFactory()
     factory.set_launch(launch)
     factory.set_shared(True)
     factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP | GstRtsp.RTSPLowerTrans.UDP)
