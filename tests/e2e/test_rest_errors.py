@@ -69,6 +69,8 @@ def test_metrics_in_prometheus_text_format(server):
     assert 'streamsnap_streams{protocol="rtmp"} 1' in text
     assert 'streamsnap_stream_frames_total{stream="metered",protocol="rtmp"}' in text
     assert "streamsnap_snapshot_requests_total 1" in text
+    assert 'streamsnap_snapshot_outcomes_total{outcome="ok"} 1' in text
+    assert 'streamsnap_snapshot_outcomes_total{outcome="timeout"} 0' in text
     assert "# TYPE streamsnap_snapshot_encode_seconds histogram" in text
     assert "streamsnap_snapshot_encode_seconds_count 1" in text
     assert 'streamsnap_snapshot_frames_behind_bucket{le="+Inf"} 1' in text

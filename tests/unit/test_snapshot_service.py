@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from streamsnap.core.config import SnapshotConfig
+from streamsnap.core.errors import SnapshotError
 from streamsnap.core.frames import FrameStore
 from streamsnap.core.snapshot import SnapshotRequest, SnapshotService, SnapshotTimeout
 from streamsnap.core.streams import Stream
@@ -86,3 +87,15 @@ async def test_times_out_with_the_wcs_message(service):
     with pytest.raises(SnapshotTimeout, match="Snapshot response timeout"):
         await service.take(stream)
     assert 0.45 <= loop.time() - t0 < 1.5
+    assert service.outcomes == {"timeout": 1}
+
+
+async def test_outcomes_are_counted(service, tags):
+    stream = Stream("counted", "rtmp", FrameStore("counted"))
+    load(stream.frames, tags[:10])
+    await service.take(stream)
+    stream.failure = "Failed to connect to rtsp stream"
+    stream.frames.reset()
+    with pytest.raises(SnapshotError):
+        await service.take(stream)
+    assert service.outcomes == {"ok": 1, "failed": 1}

@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import logging
 import time
+from collections import Counter
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -83,6 +84,7 @@ class SnapshotService:
         # media_session_id -> {request key: last snapshot}; dropped with the stream
         self._cache: dict[str, dict[tuple, Snapshot]] = {}
         self.requests = 0
+        self.outcomes: Counter[str] = Counter()  # ok, timeout, ended, failed, cancelled
         self.encodes = 0
         self.decode_seconds = Histogram()  # bringing the stream's picture up to date
         self.encode_seconds = Histogram()  # scaling, colour conversion and image encoding
@@ -98,8 +100,30 @@ class SnapshotService:
         is_live: Callable[[Stream], bool] | None = None,
     ) -> Snapshot:
         """The current picture of ``stream``; raises :class:`SnapshotTimeout` without one."""
-        request = request or SnapshotRequest()
         self.requests += 1
+        outcome = "cancelled"
+        try:
+            snap = await self._take(stream, request or SnapshotRequest(), is_live)
+            outcome = "ok"
+            return snap
+        except SnapshotTimeout:
+            outcome = "timeout"
+            raise
+        except StreamNotFound:
+            outcome = "ended"
+            raise
+        except Exception:
+            outcome = "failed"
+            raise
+        finally:
+            self.outcomes[outcome] += 1
+
+    async def _take(
+        self,
+        stream: Stream,
+        request: SnapshotRequest,
+        is_live: Callable[[Stream], bool] | None,
+    ) -> Snapshot:
         await self._wait_for_picture(stream, is_live)
         key = (stream.media_session_id, request.key)
         pending = self._inflight.get(key)

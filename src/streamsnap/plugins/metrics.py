@@ -81,6 +81,15 @@ def render(app: App) -> str:
         [(snaps.requests, None)],
     )
     metric(
+        "streamsnap_snapshot_outcomes_total",
+        "counter",
+        "Snapshots asked of the service, by outcome.",
+        [
+            (snaps.outcomes.get(o, 0), {"outcome": o})
+            for o in sorted({"ok", "timeout", "ended", "failed", "cancelled", *snaps.outcomes})
+        ],
+    )
+    metric(
         "streamsnap_snapshot_encodes_total",
         "counter",
         "Pictures encoded (requests for the same frame share one).",
