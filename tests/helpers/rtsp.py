@@ -42,8 +42,11 @@ class RtspCamera:
         one_encoder: bool = False,
         preset: str = "ultrafast",
         profile: str = "baseline",
+        pattern: str = "ball",
+        bitrate: int = 0,
     ) -> None:
         self.preset, self.profile = preset, profile  # x264enc speed-preset, H.264 profile
+        self.pattern, self.bitrate = pattern, bitrate  # videotestsrc pattern, kbit/s
         self.size, self.user, self.password, self.fps = size, user, password, fps
         self.gop = gop or fps  # frames between keyframes
         self.one_encoder = one_encoder  # sessions of URLs differing by query share an encoder
@@ -67,7 +70,8 @@ class RtspCamera:
         ]
         if self.one_encoder:
             argv.append("--one-encoder")
-        argv += ["--preset", self.preset, "--profile", self.profile]
+        argv += ["--preset", self.preset, "--profile", self.profile, "--pattern", self.pattern]
+        argv += ["--bitrate", str(self.bitrate)]
         if self.user:
             argv += ["--user", self.user, "--password", self.password or ""]
             if self.digest:

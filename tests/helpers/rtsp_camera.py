@@ -39,6 +39,8 @@ def main() -> int:
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--gop", type=int, default=0, help="frames between keyframes (0: fps)")
     parser.add_argument("--preset", default="ultrafast", help="x264enc speed-preset")
+    parser.add_argument("--pattern", default="ball", help="videotestsrc pattern (snow: noise)")
+    parser.add_argument("--bitrate", type=int, default=0, help="kbit/s (0: x264enc's default)")
     parser.add_argument("--profile", default="baseline", help="H.264 profile")
     parser.add_argument(
         "--one-encoder",
@@ -61,11 +63,12 @@ def main() -> int:
         )
     else:
         source = (
-            f"videotestsrc is-live=true pattern=ball ! "
+            f"videotestsrc is-live=true pattern={args.pattern} ! "
             f"video/x-raw,width={width},height={height},framerate={args.fps}/1"
         )
     launch = (
         f"( {source} ! x264enc tune=zerolatency speed-preset={args.preset} "
+        f"{f'bitrate={args.bitrate} ' if args.bitrate else ''}"
         f"key-int-max={args.gop or args.fps} ! video/x-h264,profile={args.profile} ! "
         f"rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
