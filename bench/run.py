@@ -1139,22 +1139,18 @@ def targets_section(results: dict) -> str:
         ("1920x1080", "1080p", (25, 60), (160, 300)),
     ):
         r = lat.get(size, {})
-        w50, w99 = pct(r.get("warm_adaptive_ms"), 50), pct(r.get("warm_adaptive_ms"), 99)
-        i50, i99 = pct(r.get("idle10_lazy_ms"), 50), pct(r.get("idle10_lazy_ms"), 99)
-        if w50 is not None:
-            row(
-                f"REST snapshot {label}, warm",
-                f"p50 <= {warm_t[0]}, p99 <= {warm_t[1]} ms",
-                f"p50 {w50:.0f}, p99 {w99:.0f} ms",
-                w50 <= warm_t[0] and w99 <= warm_t[1],
-            )
-        if i50 is not None:
-            row(
-                f"REST snapshot {label}, idle for 10 s (lazy decode)",
-                f"p50 <= {idle_t[0]}, p99 <= {idle_t[1]} ms",
-                f"p50 {i50:.0f}, p99 {i99:.0f} ms",
-                i50 <= idle_t[0] and i99 <= idle_t[1],
-            )
+        for key, case, (t50, t99) in (
+            ("warm_adaptive_ms", "warm", warm_t),
+            ("idle10_lazy_ms", "idle for 10 s (lazy decode)", idle_t),
+        ):
+            v50, v99 = pct(r.get(key), 50), pct(r.get(key), 99)
+            if v50 is not None and v99 is not None:
+                row(
+                    f"REST snapshot {label}, {case}",
+                    f"p50 <= {t50}, p99 <= {t99} ms",
+                    f"p50 {v50:.0f}, p99 {v99:.0f} ms",
+                    v50 <= t50 and v99 <= t99,
+                )
     r720 = lat.get("1280x720", {})
     for key, what in (("idle10_lazy_fresh", "idle 10 s"), ("warm_adaptive_fresh", "warm")):
         b = r720.get(key)

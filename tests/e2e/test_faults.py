@@ -27,6 +27,7 @@ from PIL import Image
 from streamsnap.plugins.rtmp.chunks import encode_message
 from tests.helpers.media import ffmpeg_counter, ffmpeg_testsrc, ffmpeg_whip, read_counter
 from tests.helpers.rtmp_client import RtmpClient, make_flv
+from tests.helpers.server import find, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -83,21 +84,6 @@ def metric(srv, name: str, **labels: str) -> float:
         if sample == (f"{name}{{{want}}}" if want else name):
             return float(value)
     return 0.0
-
-
-def find(srv, name: str) -> dict | None:
-    status, raw, _ = srv.request("POST", "/rest-api/stream/find", {"name": name})
-    return json.loads(raw)[0] if status == 200 else None
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def alive(pid: int) -> bool:

@@ -10,6 +10,8 @@ import time
 import pytest
 from PIL import Image
 
+from tests.helpers.server import find, wait_for
+
 pytestmark = pytest.mark.e2e
 
 FAILED_TO_CONNECT = "Failed to connect to rtsp stream"
@@ -24,21 +26,6 @@ def rtsp_server(make_server, **rtsp):
     rtsp.setdefault("connect_timeout_s", 3.0)
     rtsp.setdefault("backoff_max_s", 1.0)
     return make_server(snapshot={"snapshot_taking_interval_ms": 6000}, rtsp=rtsp)
-
-
-def find(server, name: str) -> dict | None:
-    status, raw, _ = server.request("POST", "/rest-api/stream/find", {"name": name})
-    return json.loads(raw)[0] if status == 200 else None
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_snapshot_by_url_cold_then_warm(make_server, make_camera):

@@ -154,3 +154,20 @@ class ServerProcess:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         return self.proc.returncode
+
+
+def find(server: ServerProcess, name: str) -> dict[str, Any] | None:
+    """The stream's ``/rest-api/stream/find`` entry, or None when it is not live."""
+    status, raw, _ = server.request("POST", "/rest-api/stream/find", {"name": name})
+    return json.loads(raw)[0] if status == 200 else None
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns something true; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -326,8 +326,8 @@ class App:
     async def _authorize_publish(
         self, stream: Stream, params: Mapping[str, str]
     ) -> tuple[bool | str | None, str]:
-        """The first plugin answer to ``authorize_publish`` and who gave it. Walked here so that
-        a plugin that raises refuses the publisher (fail closed) instead of being skipped."""
+        """The first plugin answer to ``authorize_publish`` and who gave it; a plugin that
+        raises refuses the publisher (fail closed) instead of being skipped."""
         kwargs = {
             "app": self,
             "stream_name": stream.name,
@@ -335,24 +335,13 @@ class App:
             "remote": stream.remote_ip or stream.remote,
             "params": dict(params),
         }
-        for impl in reversed(self.pm.hook.authorize_publish.get_hookimpls()):
-            if impl.hookwrapper or impl.wrapper:
-                continue
-            try:
-                result = impl.function(*[kwargs[a] for a in impl.argnames])
-                if inspect.isawaitable(result):
-                    result = await result
-            except Exception:
-                log.exception(
-                    "plugin %s failed in authorize_publish (stream %s refused)",
-                    impl.plugin_name,
-                    stream.name,
-                )
-                return "publish check failed", impl.plugin_name
-            if result is False:
-                return "refused", impl.plugin_name
-            if result is True or isinstance(result, str):
-                return result, impl.plugin_name
+        answer, by = await self.pm.afirst(
+            "authorize_publish", kwargs, on_error="publish check failed"
+        )
+        if answer is False:
+            return "refused", by
+        if answer is True or isinstance(answer, str):
+            return answer, by
         return None, ""
 
     def _refuse(self, stream: Stream, exc: Refused, by: str = "") -> Refused:

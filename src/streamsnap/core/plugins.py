@@ -125,12 +125,19 @@ class PluginManager(pluggy.PluginManager):
         return out
 
     async def afirstresult(self, hook_name: str, **kwargs: Any) -> Any:
-        """Call a firstresult hook: the first non-None answer wins, awaited if awaitable.
+        """Call a firstresult hook: the first non-None answer wins, awaited if awaitable."""
+        return (await self.afirst(hook_name, kwargs))[0]
+
+    async def afirst(
+        self, hook_name: str, kwargs: dict[str, Any], on_error: Any = None
+    ) -> tuple[Any, str]:
+        """The first non-None answer of a firstresult hook and the plugin that gave it.
 
         Walked here rather than by pluggy so that async implementations can decline too
         (their coroutine is not None until awaited). An implementation that raises is
-        logged with its name and skipped, except for streamsnap's own errors, which are answers
-        (e.g. InvalidStreamName from ``resolve_stream``) and propagate.
+        logged with its name and skipped, or, when ``on_error`` is given, answers it (fail
+        closed); streamsnap's own errors are answers (e.g. InvalidStreamName from
+        ``resolve_stream``) and propagate.
         """
         caller = getattr(self.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):
@@ -144,10 +151,12 @@ class PluginManager(pluggy.PluginManager):
                 raise  # a deliberate answer (e.g. InvalidStreamName), not a plugin bug
             except Exception as exc:
                 self.guard.failed(impl.plugin_name, hook_name, exc, kwargs.get("stream"))
+                if on_error is not None:
+                    return on_error, impl.plugin_name
                 continue
             if result is not None:
-                return result
-        return None
+                return result, impl.plugin_name
+        return None, ""
 
 
 def _entry_points() -> Iterable[Any]:
