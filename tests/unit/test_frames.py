@@ -241,3 +241,38 @@ def test_picture_sources_keep_only_the_newest(ip_tags):
         store.push_picture(av.VideoFrame.from_image(img), i * 33)
     pic = store.decode_latest()
     assert pic is not None and pic.index == 2 and (store.width, store.height) == (320, 240)
+
+
+def test_reset_during_a_decode_leaves_no_stale_picture(ip_tags):
+    """The source goes away (reset on the event loop) while a worker is decoding: reset does
+    not wait for the decode, and the decode's picture is dropped, not published."""
+    import threading
+
+    store = FrameStore("reset-race")
+    load(store, ip_tags)
+    entered, release = threading.Event(), threading.Event()
+    decode = store._decode
+
+    def slow_decode(decoder, pkt):
+        entered.set()
+        release.wait(10)
+        return decode(decoder, pkt)
+
+    store._decode = slow_decode
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(store.decode_latest()))
+    worker.start()
+    assert entered.wait(10)
+    resetter = threading.Thread(target=store.reset)  # a thread: a blocking reset fails, not hangs
+    resetter.start()
+    resetter.join(5)
+    reset_waited = resetter.is_alive()
+    release.set()
+    worker.join(10)
+    resetter.join(10)
+    assert not reset_waited, "reset() waited for the decode"
+    assert result == [None]
+    assert not store.decodable and store.decode_latest() is None
+    store._decode = decode
+    load(store, ip_tags[:41])  # the publisher comes back: frames 0..39 again
+    assert shown(store) == 39

@@ -53,9 +53,11 @@ class Picture:
 class FrameStore:
     """Packets of the current GOP, one decoder, the newest picture.
 
-    Thread model: ``push_*`` and the waiters run on the event loop; ``decode_latest`` runs in a
-    worker thread and reads the GOP list by reference (a new GOP gets a new list, so a reader
-    never sees it change under it).
+    Thread model: ``push_*``, ``reset`` and the waiters run on the event loop; ``decode_latest``
+    runs in a worker thread and reads the GOP list by reference (a new GOP gets a new list, so a
+    reader never sees it change under it). The event loop never waits for a decode: ``reset``
+    and ``set_codec`` only bump a generation under ``_state`` (held for a few statements), and
+    a decode that started before them neither publishes its picture nor keeps its decoder.
     """
 
     def __init__(self, stream_name: str, max_packets: int = 1800, max_bytes: int = 64 << 20):
@@ -84,7 +86,11 @@ class FrameStore:
         self._dec_index: dict[int, int] = {}  # pts -> frame index, for the GOP being decoded
         self._latest: Picture | None = None
         self._seen = (-1, 0)  # (GOP id, packets) that _latest was last brought up to date with
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one decode at a time
+        self._state = threading.Lock()  # brief: reading and publishing against a reset
+        self._epoch = 0  # bumped by reset(): pictures decoded before it are stale
+        self._codec_gen = 0  # bumped by set_codec() and reset(): the decoder must be reopened
+        self._dec_codec_gen = 0
         self._waiters: list[asyncio.Future[None]] = []
         self.decode_errors = 0
         self.decode_passes = 0  # decode_latest calls that fed the decoder (or drained it)
@@ -112,11 +118,11 @@ class FrameStore:
             self._h264_length = h264.avcc_length_size(extradata)
         else:
             self._decoder_extradata = extradata
-        self._gop = []
-        self._gop_bytes = 0
-        self._gop_id += 1
-        with self._lock:
-            self._decoder = None
+        with self._state:
+            self._gop = []
+            self._gop_bytes = 0
+            self._gop_id += 1
+            self._codec_gen += 1
 
     def push_packet(
         self, data: bytes, pts: int, keyframe: bool, dts: int | None = None
@@ -132,9 +138,10 @@ class FrameStore:
                 data = h264.no_reorder_access_unit(data, self._h264_length)
             if self._gop:
                 self.gop_length = len(self._gop)
-            self._gop = [_Packet(data, pts, pts if dts is None else dts, index)]
+            with self._state:  # a decoding worker reads the GOP and its id together
+                self._gop = [_Packet(data, pts, pts if dts is None else dts, index)]
+                self._gop_id += 1
             self._gop_bytes = size
-            self._gop_id += 1
             self._overflowed = False
         elif not self._gop:
             self.dropped += 1  # nothing to decode it against until the next keyframe
@@ -172,14 +179,14 @@ class FrameStore:
 
     def reset(self) -> None:
         """Forget packets and pictures (the publisher is gone)."""
-        self._gop = []
-        self._gop_bytes = 0
-        self._latest = None
-        with self._lock:
-            self._decoder = None
-            self._dec_best = None  # the last picture, and what it holds, go with the stream
-            self._dec_index = {}
-            self._dec_gop = -1
+        with self._state:  # a decode in progress publishes nothing after this
+            self._epoch += 1
+            self._codec_gen += 1  # its decoder, and the pictures it holds, go with the stream
+            self._gop = []
+            self._gop_bytes = 0
+            self._gop_id += 1
+            self._latest = None
+            self._seen = (-1, 0)
         for fut in self._waiters:
             if not fut.done():
                 fut.set_result(None)
@@ -261,11 +268,15 @@ class FrameStore:
         Blocking (CPU): call it from a worker thread. Concurrent callers are serialised.
         """
         with self._lock:
-            gop, gop_id = self._gop, self._gop_id
+            with self._state:
+                gop, gop_id, latest = self._gop, self._gop_id, self._latest
+                epoch, codec_gen = self._epoch, self._codec_gen
             n = len(gop)
-            latest = self._latest
             if n == 0:
                 return latest
+            if self._dec_codec_gen != codec_gen:
+                self._decoder = None
+                self._dec_codec_gen = codec_gen
             if (
                 latest is not None
                 and self._seen == (gop_id, n)
@@ -316,13 +327,16 @@ class FrameStore:
                 # yet, or a newer one than it gave. Drain it; it restarts from the keyframe.
                 best = self._drain(decoder, best, index_of, gop_id)
             self._dec_best = best
-            self._seen = (gop_id, n)
-            if best is not None and (
-                latest is None or latest.gop != gop_id or best.pts >= latest.pts
-            ):
-                self._latest = best
-                self.width, self.height = best.frame.width, best.frame.height
-            return self._latest
+            with self._state:
+                if self._epoch != epoch:
+                    return None  # the stream was reset while decoding: the picture is stale
+                self._seen = (gop_id, n)
+                if best is not None and (
+                    latest is None or latest.gop != gop_id or best.pts >= latest.pts
+                ):
+                    self._latest = best
+                    self.width, self.height = best.frame.width, best.frame.height
+                return self._latest
 
     @staticmethod
     def _max_pts(gop: list[_Packet], n: int) -> int:
