@@ -99,3 +99,56 @@ async def test_outcomes_are_counted(service, tags):
     with pytest.raises(SnapshotError):
         await service.take(stream)
     assert service.outcomes == {"ok": 1, "failed": 1}
+
+
+async def test_a_burst_spanning_a_new_frame_shares_one_picture(service, tags):
+    """Requests read just after a snapshot, when one newer frame has arrived, share it (at most
+    one frame behind, and said so); two newer frames, or the window over, make a new one."""
+    stream = Stream("burst", "rtmp", FrameStore("burst"))
+    load(stream.frames, tags[:21])  # frames 0..19
+    first = await asyncio.gather(*(service.take(stream) for _ in range(100)))
+    load(stream.frames, tags[21:22])  # frame 20 arrives while the burst is being read
+    later = await asyncio.gather(*(service.take(stream) for _ in range(100)))
+    assert service.encodes == 1 and stream.frames.decode_passes == 1
+    assert {s.frame_index for s in first + later} == {19}
+    assert first[0].frames_behind == 0 and {s.frames_behind for s in later} == {1}
+    assert service.shared == 100
+    assert later[0].rest_json is first[0].rest_json  # the answer's text is made once too
+    load(stream.frames, tags[22:23])  # a second newer frame: too old to share
+    assert (await service.take(stream)).frame_index == 21 and service.encodes == 2
+
+
+async def test_sharing_ends_with_the_window(tags):
+    pool = ThreadPoolExecutor(1)
+    try:
+        for window_ms, encodes in ((0, 2), (50, 2), (10_000, 1)):
+            service = SnapshotService(SnapshotConfig(coalesce_ms=window_ms), pool)
+            stream = Stream("window", "rtmp", FrameStore("window"))
+            load(stream.frames, tags[:21])
+            await service.take(stream)
+            await asyncio.sleep(0.1)
+            load(stream.frames, tags[21:22])
+            snap = await service.take(stream)
+            assert service.encodes == encodes, window_ms
+            assert snap.frame_index == (20 if encodes == 2 else 19)
+    finally:
+        pool.shutdown()
+
+
+async def test_nothing_is_shared_across_a_source_restart(service, tags):
+    stream = Stream("restart", "rtmp", FrameStore("restart"))
+    load(stream.frames, tags[:21])
+    old = await service.take(stream)
+    stream.frames.reset()  # the camera went away and came back: its first keyframe only
+    load(stream.frames, tags[:2])
+    new = await service.take(stream)
+    assert new.frame_index == old.frame_index + 1 and service.encodes == 2
+
+
+async def test_asking_for_the_newest_frame_never_shares(service, tags):
+    stream = Stream("auto", "rtmp", FrameStore("auto"))
+    load(stream.frames, tags[:21])
+    await service.take(stream, SnapshotRequest(newest=True))
+    load(stream.frames, tags[21:22])
+    snap = await service.take(stream, SnapshotRequest(newest=True))
+    assert snap.frame_index == 20 and service.encodes == 2 and service.shared == 0

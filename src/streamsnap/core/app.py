@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from . import allocator
 from .auth import Authenticator
 from .config import Config
 from .decoding import DecodePolicy
@@ -92,6 +93,7 @@ class App:
         # File writes wait on the disk (fsync), not the CPU: they get their own threads so a
         # slow disk never holds up decoding and encoding.
         self.io_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="io")
+        self._release_pending = False
         self.snapshots = SnapshotService(config.snapshot, self.executor)
         self.decoding = DecodePolicy(self)
         self.backends = BackendRegistry()
@@ -407,6 +409,7 @@ class App:
         self.ended[stream.protocol, _reason_kind(reason or "publisher left")] += 1
         stream.frames.reset()
         self.snapshots.forget(stream)
+        self._release_memory_soon()
         log.info(
             "stream %s: unpublished (%s; %d frames) mediaSessionId %s",
             stream.name,
@@ -415,6 +418,23 @@ class App:
             stream.media_session_id,
         )
         await self.pm.abroadcast("on_unpublish", stream=stream, app=self)
+
+    def _release_memory_soon(self) -> None:
+        """A stream ended and its packets and pictures were freed: give the memory back to the
+        system a second later (once for streams ending together), off the event loop. The
+        allocator keeps freed picture buffers for reuse (allocator.py); without this, a server
+        whose streams come and go would hold on to the most it ever used."""
+        if self._release_pending:
+            return
+        self._release_pending = True
+        loop = asyncio.get_running_loop()
+
+        def release() -> None:
+            self._release_pending = False
+            with contextlib.suppress(RuntimeError):  # shutting down: the pool is closed
+                loop.run_in_executor(self.io_executor, allocator.release_free_memory)
+
+        loop.call_later(1.0, release)
 
     def is_live(self, stream: Stream) -> bool:
         return self.streams.lookup(stream.name) is stream
@@ -563,6 +583,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     # full disk, not kill the server.
     with contextlib.suppress(AttributeError, ValueError):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    allocator.keep_picture_buffers()
     app = App(config)
     await app.start()
     try:

@@ -51,6 +51,9 @@ class SnapshotConfig:
     snapshot_auto_streams: list[dict[str, Any]] = field(default_factory=list)
     png_encoder: Literal["auto", "fpng", "pillow"] = "auto"
     workers: int = 0  # decode/encode threads; 0 = one per core
+    # a request this soon after a snapshot of the same stream shares it, if at most one newer
+    # frame has arrived since (0: every request waits for the newest frame)
+    coalesce_ms: int = 100
 
 
 @dataclass
@@ -258,6 +261,7 @@ def _validate(cfg: Config) -> None:
     positive("snapshot", "snapshot_auto_rate")
     positive("snapshot", "snapshot_auto_retention")
     positive("snapshot", "workers", 0)
+    positive("snapshot", "coalesce_ms", 0)
     positive("streams", "max_gop_packets")
     positive("streams", "max_gop_bytes", 1024)
     positive("rtmp", "chunk_size", 128)

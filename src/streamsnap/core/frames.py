@@ -199,6 +199,11 @@ class FrameStore:
         return bool(self._gop) or self._latest is not None
 
     @property
+    def epoch(self) -> int:
+        """The source's generation: :meth:`reset` starts a new one."""
+        return self._epoch
+
+    @property
     def newest_index(self) -> int:
         return self.frames_in - 1
 
@@ -345,11 +350,13 @@ class FrameStore:
     def frames_behind(self, picture: Picture, received: int | None = None) -> int:
         """Freshness: how many of the first ``received`` frames (default: all so far) are newer,
         in display order, than ``picture``. 0: it shows the newest frame received by then."""
+        return self.frames_behind_of(picture.gop, picture.pts, received)
+
+    def frames_behind_of(self, gop_id: int, pts: int, received: int | None = None) -> int:
+        """:meth:`frames_behind` of the picture at ``pts`` in keyframe group ``gop_id``."""
         gop, limit = self._gop, self.frames_in if received is None else received
-        same_gop = picture.gop == self._gop_id
-        return sum(
-            1 for pkt in gop if pkt.index < limit and (not same_gop or pkt.pts > picture.pts)
-        )
+        same_gop = gop_id == self._gop_id
+        return sum(1 for pkt in gop if pkt.index < limit and (not same_gop or pkt.pts > pts))
 
     def _open_decoder(self) -> av.CodecContext | None:
         try:

@@ -42,6 +42,9 @@ class SnapshotRequest:
     height: int | None = None
     quality: int = 85
     source: str = "api"  # who asks: "rest", "websocket", "cli", "auto", ...
+    # True: the picture of the newest frame, never one shared from just before (coalesce_ms);
+    # auto-snapshots ask so, each file showing its own frame
+    newest: bool = False
 
     @property
     def key(self) -> tuple[str, int | None, int | None, int]:
@@ -62,13 +65,33 @@ class Snapshot:
     pts: int = -1
     frames_behind: int = 0  # frames newer than the one shown that had arrived when asked
     taken_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    gop: int = -1  # the frame store's keyframe group of the picture
+    epoch: int = -1  # the frame store's source generation (see FrameStore.reset)
+    made: float = field(default_factory=time.monotonic, repr=False, compare=False)
+    # text forms of ``data`` (base64, the REST answer), made once and shared by every copy
+    derived: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def content_type(self) -> str:
         return imaging.CONTENT_TYPES.get(self.format, "application/octet-stream")
 
     def base64(self) -> str:
-        return base64.b64encode(self.data).decode("ascii")
+        return self.base64_bytes.decode("ascii")
+
+    @property
+    def base64_bytes(self) -> bytes:
+        """Made once per picture: every caller that shares the snapshot reuses it."""
+        if "base64" not in self.derived:
+            self.derived["base64"] = base64.b64encode(self.data)
+        return self.derived["base64"]
+
+    @property
+    def rest_json(self) -> bytes:
+        """The WCS REST answer ``{"data": "<base64>"}``, made once per picture (base64 needs
+        no JSON escaping, so it is not run through a JSON encoder)."""
+        if "rest" not in self.derived:
+            self.derived["rest"] = b'{"data":"' + self.base64_bytes + b'"}'
+        return self.derived["rest"]
 
 
 class SnapshotTimeout(SnapshotError):
@@ -84,6 +107,7 @@ class SnapshotService:
         # media_session_id -> {request key: last snapshot}; dropped with the stream
         self._cache: dict[str, dict[tuple, Snapshot]] = {}
         self.requests = 0
+        self.shared = 0  # requests answered by a snapshot made just before (coalesce_ms)
         self.outcomes: Counter[str] = Counter()  # ok, timeout, ended, failed, cancelled
         self.encodes = 0
         self.decode_seconds = Histogram()  # bringing the stream's picture up to date
@@ -125,6 +149,9 @@ class SnapshotService:
         is_live: Callable[[Stream], bool] | None,
     ) -> Snapshot:
         await self._wait_for_picture(stream, is_live)
+        recent = self._recent(stream, request)
+        if recent is not None:
+            return recent
         key = (stream.media_session_id, request.key)
         pending = self._inflight.get(key)
         if pending is not None:
@@ -166,10 +193,34 @@ class SnapshotService:
         if not stream.frames.decodable:
             raise SnapshotTimeout("Snapshot response timeout")
 
+    def _recent(self, stream: Stream, request: SnapshotRequest) -> Snapshot | None:
+        """Coalescing over time: the snapshot made within ``coalesce_ms`` is shared when at
+        most one newer frame has arrived since. Requests that arrive together (a wall of
+        dashboards refreshing) are read one after another; without this, those read after a
+        frame arrived would decode and encode again for a picture 33 ms newer."""
+        window = self.config.coalesce_ms / 1000
+        if window <= 0 or request.newest:
+            return None
+        snap = self._cache.get(stream.media_session_id, {}).get(request.key)
+        if snap is None or time.monotonic() - snap.made > window:
+            return None
+        frames = stream.frames
+        if snap.epoch != frames.epoch:
+            return None  # the source went away and came back since
+        behind = frames.frames_behind_of(snap.gop, snap.pts)
+        if behind > 1:
+            return None
+        self.shared += 1
+        self.frames_behind.observe(behind)
+        if behind == snap.frames_behind:
+            return snap
+        return dataclasses.replace(snap, frames_behind=behind)
+
     def _render(self, stream: Stream, request: SnapshotRequest, received: int) -> Snapshot:
         """Worker thread: decode to the newest picture, encode it unless already cached.
         ``received``: frames the stream had received when asked (for the freshness figure)."""
         t0 = time.perf_counter()
+        epoch = stream.frames.epoch  # before decoding: a picture decoded after a reset is not
         picture = stream.frames.decode_latest(fresh=True)
         t1 = time.perf_counter()
         self.decode_seconds.observe(t1 - t0)
@@ -197,6 +248,8 @@ class SnapshotService:
             frame_index=picture.index,
             pts=picture.pts,
             frames_behind=behind,
+            gop=picture.gop,
+            epoch=epoch,
         )
         cache[request.key] = snap
         return snap

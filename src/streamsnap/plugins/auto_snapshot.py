@@ -150,7 +150,11 @@ class AutoSnapshotter:
         try:
             snap = await self.app.snapshots.take(
                 target.stream,
-                SnapshotRequest(format=target.format, source="auto"),  # type: ignore[arg-type]
+                SnapshotRequest(
+                    format=target.format,  # type: ignore[arg-type]
+                    source="auto",
+                    newest=True,  # each file shows its own frame, never a shared one
+                ),
                 is_live=self.app.is_live,
             )
             seq = target.next_seq

@@ -95,6 +95,13 @@ def render(app: App) -> str:
         "Pictures encoded (requests for the same frame share one).",
         [(snaps.encodes, None)],
     )
+    metric(
+        "streamsnap_snapshot_shared_total",
+        "counter",
+        "Requests answered by a snapshot made just before (within coalesce_ms, at most one "
+        "frame behind).",
+        [(snaps.shared, None)],
+    )
     for name, help_text, hist in (
         (
             "streamsnap_snapshot_decode_seconds",
