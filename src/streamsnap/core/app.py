@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import ssl
+import sys
 import threading
 import time
 from collections import Counter
@@ -572,6 +573,9 @@ def _last_resort_exit(timeout: float) -> None:
     os._exit(1)
 
 
+GIL_SWITCH_INTERVAL_S = 0.0002
+
+
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     """Run a server until SIGINT/SIGTERM (or ``stop`` is set)."""
     stop = stop or asyncio.Event()
@@ -583,6 +587,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     # full disk, not kill the server.
     with contextlib.suppress(AttributeError, ValueError):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # Decoding threads release the GIL inside FFmpeg (decoding, colour conversion) and must
+    # win it back from the event loop. With Python's 5 ms switch interval a busy loop (200 requests
+    # being read) made every hand-back wait up to 5 ms: decoding a 720p GOP took 700 ms next to
+    # a busy Python thread instead of 97 ms alone; with 0.2 ms it takes 119 ms.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     allocator.keep_picture_buffers()
     app = App(config)
     await app.start()

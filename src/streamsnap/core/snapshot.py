@@ -67,7 +67,9 @@ class Snapshot:
     taken_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     gop: int = -1  # the frame store's keyframe group of the picture
     epoch: int = -1  # the frame store's source generation (see FrameStore.reset)
-    made: float = field(default_factory=time.monotonic, repr=False, compare=False)
+    # when it was asked for (monotonic), and how many frames the stream had received then
+    asked: float = field(default_factory=time.monotonic, repr=False, compare=False)
+    received: int = field(default=-1, repr=False, compare=False)
     # text forms of ``data`` (base64, the REST answer), made once and shared by every copy
     derived: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
@@ -107,7 +109,7 @@ class SnapshotService:
         # media_session_id -> {request key: last snapshot}; dropped with the stream
         self._cache: dict[str, dict[tuple, Snapshot]] = {}
         self.requests = 0
-        self.shared = 0  # requests answered by a snapshot made just before (coalesce_ms)
+        self.shared = 0  # requests answered by a snapshot asked for just before (coalesce_ms)
         self.outcomes: Counter[str] = Counter()  # ok, timeout, ended, failed, cancelled
         self.encodes = 0
         self.decode_seconds = Histogram()  # bringing the stream's picture up to date
@@ -160,7 +162,12 @@ class SnapshotService:
         self._inflight[key] = fut
         try:
             snap = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._render, stream, request, stream.frames.frames_in
+                self.executor,
+                self._render,
+                stream,
+                request,
+                stream.frames.frames_in,
+                time.monotonic(),
             )
         except BaseException as exc:
             fut.set_exception(exc)
@@ -194,33 +201,37 @@ class SnapshotService:
             raise SnapshotTimeout("Snapshot response timeout")
 
     def _recent(self, stream: Stream, request: SnapshotRequest) -> Snapshot | None:
-        """Coalescing over time: the snapshot made within ``coalesce_ms`` is shared when at
-        most one newer frame has arrived since. Requests that arrive together (a wall of
-        dashboards refreshing) are read one after another; without this, those read after a
-        frame arrived would decode and encode again for a picture 33 ms newer."""
+        """Coalescing over time: a request that comes within ``coalesce_ms`` of the one a
+        snapshot was made for, with at most one frame received in between, shares it, as the
+        requests that come while it is being made do. Requests that arrive together (a wall
+        of dashboards refreshing) are read one after another; without this, those read after
+        a frame arrived would decode and encode again for a picture 33 ms newer. How fresh the
+        shared picture is gets reported as it is (``frames_behind``)."""
         window = self.config.coalesce_ms / 1000
         if window <= 0 or request.newest:
             return None
         snap = self._cache.get(stream.media_session_id, {}).get(request.key)
-        if snap is None or time.monotonic() - snap.made > window:
+        if snap is None or time.monotonic() - snap.asked > window:
             return None
         frames = stream.frames
-        if snap.epoch != frames.epoch:
-            return None  # the source went away and came back since
+        if snap.epoch != frames.epoch or frames.frames_in - snap.received > 1:
+            return None  # the source went away and came back since, or moved on
         behind = frames.frames_behind_of(snap.gop, snap.pts)
-        if behind > 1:
-            return None
         self.shared += 1
         self.frames_behind.observe(behind)
         if behind == snap.frames_behind:
             return snap
         return dataclasses.replace(snap, frames_behind=behind)
 
-    def _render(self, stream: Stream, request: SnapshotRequest, received: int) -> Snapshot:
+    def _render(
+        self, stream: Stream, request: SnapshotRequest, received: int, asked: float
+    ) -> Snapshot:
         """Worker thread: decode to the newest picture, encode it unless already cached.
-        ``received``: frames the stream had received when asked (for the freshness figure)."""
+        ``received``: frames the stream had received when asked (for the freshness figure),
+        at ``asked`` (monotonic)."""
         t0 = time.perf_counter()
-        epoch = stream.frames.epoch  # before decoding: a picture decoded after a reset is not
+        # read before decoding: a picture is never labelled with a later source than its own
+        epoch = stream.frames.epoch
         picture = stream.frames.decode_latest(fresh=True)
         t1 = time.perf_counter()
         self.decode_seconds.observe(t1 - t0)
@@ -231,8 +242,10 @@ class SnapshotService:
         cache = self._cache.setdefault(stream.media_session_id, {})
         cached = cache.get(request.key)
         if cached is not None and cached.frame_index == picture.index:
-            if cached.frames_behind != behind:
-                cached = cache[request.key] = dataclasses.replace(cached, frames_behind=behind)
+            # still the newest picture: shared again, from this request on
+            cached = cache[request.key] = dataclasses.replace(
+                cached, frames_behind=behind, asked=asked, received=received
+            )
             return cached
         rgb = imaging.to_rgb(picture.frame, request.width, request.height)
         data = imaging.encode(rgb, request.format, request.quality, self.config.png_encoder)
@@ -250,6 +263,8 @@ class SnapshotService:
             frames_behind=behind,
             gop=picture.gop,
             epoch=epoch,
+            asked=asked,
+            received=received,
         )
         cache[request.key] = snap
         return snap
