@@ -114,13 +114,18 @@ class Witness:
         self.files = 0
 
     def check(self) -> None:
-        """A REST snapshot within 10 s showing a newer frame; the folder has grown since the
-        last check, and every file in it is whole."""
-        status, body = self.srv.snapshot(self.name, timeout=10)
-        assert status == 200, body
-        frame = read_counter(base64.b64decode(body["data"]))
-        assert frame > self.frame, (frame, self.frame)
-        self.frame = frame
+        """REST snapshots answer, and within 10 s show a newer frame (a request right after
+        the last one may share its picture: coalesce_ms); the folder has grown since the last
+        check, and every file in it is whole."""
+
+        def newer() -> tuple[int] | None:
+            status, body = self.srv.snapshot(self.name, timeout=10)
+            assert status == 200, body
+            frame = read_counter(base64.b64decode(body["data"]))
+            assert frame >= self.frame, (frame, self.frame)
+            return (frame,) if frame > self.frame else None
+
+        (self.frame,) = wait_for(newer, 10, f"a newer picture of {self.name}")
         count = wait_for(
             lambda: (n := len(whole_files(self.folder))) > self.files and n,
             10,

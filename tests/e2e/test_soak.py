@@ -34,7 +34,7 @@ WARMUP = (24, 8, 12)  # cycles per protocol before the baseline is taken
 # Bounds on growth from after the warm-up to after the soak, once the server is idle again
 MAX_FDS = 10
 MAX_THREADS = 8  # the worker pools may start threads the warm-up did not need
-MAX_RSS_MIB = 40  # measured +26 MiB here: WHIP sessions (aiortc) keep ~0.1 MiB each
+MAX_RSS_MIB = 40  # measured +28 MiB here: WHIP sessions (aiortc) keep ~0.1 MiB each
 
 
 def usage(pid: int) -> dict[str, int]:

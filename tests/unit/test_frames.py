@@ -276,3 +276,11 @@ def test_reset_during_a_decode_leaves_no_stale_picture(ip_tags):
     store._decode = decode
     load(store, ip_tags[:41])  # the publisher comes back: frames 0..39 again
     assert shown(store) == 39
+
+
+def test_reset_frees_the_decoder_and_its_pictures(ip_tags):
+    store = FrameStore("freed")
+    load(store, ip_tags)
+    assert store.decode_latest() is not None and store._decoder is not None
+    store.reset()
+    assert store._decoder is None and store._dec_best is None and not store.decodable

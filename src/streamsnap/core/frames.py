@@ -187,10 +187,25 @@ class FrameStore:
             self._gop_id += 1
             self._latest = None
             self._seen = (-1, 0)
+        self._release_decoder()
         for fut in self._waiters:
             if not fut.done():
                 fut.set_result(None)
         self._waiters.clear()
+
+    def _release_decoder(self) -> None:
+        """Free the decoder and the pictures it holds now, unless a decode is using them (that
+        decode's stream generation is stale: the next one drops them)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._decoder = None
+            self._dec_best = None
+            self._dec_index = {}
+            self._dec_gop = -1
+            self._dec_codec_gen = self._codec_gen
+        finally:
+            self._lock.release()
 
     # ---------------------------------------------------------------- queries (event loop)
     @property
