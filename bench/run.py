@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.helpers.media import FFMPEG  # noqa: E402
 from tests.helpers.nginx import NginxRtmp, nginx_available  # noqa: E402
-from tests.helpers.server import ServerProcess, write_config  # noqa: E402
+from tests.helpers.server import ServerProcess, find, wait_for, write_config  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -158,13 +158,11 @@ def ffmpeg_cli_ms(url: str, out: Path) -> float:
 
 def wait_decoded(server: ServerProcess, name: str, timeout: float = 15) -> None:
     """Until the adaptive policy decodes ``name`` as its frames arrive (a warm stream)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status, raw, _ = server.request("POST", "/rest-api/stream/find", {"name": name})
-        if status == 200 and json.loads(raw)[0].get("decode") == "continuous":
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{name} was not warmed within {timeout} s")
+    wait_for(
+        lambda: (info := find(server, name)) and info.get("decode") == "continuous",
+        timeout,
+        f"{name} to be decoded as it arrives",
+    )
 
 
 def wait_live(server: ServerProcess, name: str) -> None:

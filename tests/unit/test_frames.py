@@ -284,3 +284,13 @@ def test_reset_frees_the_decoder_and_its_pictures(ip_tags):
     assert store.decode_latest() is not None and store._decoder is not None
     store.reset()
     assert store._decoder is None and store._dec_best is None and not store.decodable
+
+
+def test_a_new_codec_frees_the_old_decoder(ip_tags, bframe_tags):
+    store = FrameStore("recodec")
+    load(store, ip_tags)
+    assert store.decode_latest() is not None and store._decoder is not None
+    load(store, bframe_tags[:1])  # another encoder's sequence header
+    assert store._decoder is None
+    load(store, bframe_tags[1:41])  # its frames 0..39: decoded by a new decoder
+    assert shown(store) == 39

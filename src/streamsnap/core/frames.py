@@ -123,6 +123,7 @@ class FrameStore:
             self._gop_bytes = 0
             self._gop_id += 1
             self._codec_gen += 1
+        self._release_decoder()
 
     def push_packet(
         self, data: bytes, pts: int, keyframe: bool, dts: int | None = None
@@ -194,8 +195,8 @@ class FrameStore:
         self._waiters.clear()
 
     def _release_decoder(self) -> None:
-        """Free the decoder and the pictures it holds now, unless a decode is using them (that
-        decode's stream generation is stale: the next one drops them)."""
+        """Free the decoder and the pictures it holds now, unless a decode is using them (then
+        the codec generation it was opened for is stale, and the next decode drops it)."""
         if not self._lock.acquire(blocking=False):
             return
         try:

@@ -125,7 +125,7 @@ async def snapshot(request: web.Request) -> web.Response:
     except SnapshotError as exc:
         log.warning("stream %s: REST snapshot failed: %s", mask_credentials(name), exc)
         return error_response(request, 500, str(exc) or "Snapshot taking error")
-    return web.Response(body=snap.rest_json, content_type="application/json")
+    return web.Response(body=snap.rest_json, content_type="application/json", charset="utf-8")
 
 
 def _int_param(request: web.Request, key: str, low: int, high: int) -> int | None:
