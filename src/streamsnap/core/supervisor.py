@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import re
 import signal
@@ -246,8 +247,14 @@ class FfmpegSupervisor:
                 self.policy.stop_timeouts_s,
                 strict=True,
             ):
+                if proc.returncode is not None:
+                    break
+                # os.kill, not proc.send_signal: Popen.send_signal first polls the child, which
+                # reaps an exited one behind asyncio's child watcher; the watcher then reports
+                # exit status 255 instead of the real one (e.g. -9 for a crash). Until the
+                # watcher has reaped it, the pid is the child's own (a zombie at worst).
                 with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(sig)
+                    os.kill(proc.pid, sig)
                 try:
                     await asyncio.wait_for(proc.wait(), wait)
                     break
