@@ -152,3 +152,54 @@ async def test_asking_for_the_newest_frame_never_shares(service, tags):
     load(stream.frames, tags[21:22])
     snap = await service.take(stream, SnapshotRequest(newest=True))
     assert snap.frame_index == 20 and service.encodes == 2 and service.shared == 0
+
+
+@pytest.fixture
+def patient():
+    """Sharing decided by frames alone: a slow test machine never closes the window."""
+    pool = ThreadPoolExecutor(2)
+    yield SnapshotService(SnapshotConfig(coalesce_ms=60_000), pool)
+    pool.shutdown()
+
+
+async def test_a_burst_read_over_several_frames_shares_one_picture(patient, tags):
+    """Many clients asking at once are read over several frame intervals on a busy machine:
+    while the burst is still arriving (each request at most one frame after the one before),
+    every new client shares its picture, said to be as many frames behind as it is."""
+    stream = Stream("long", "rtmp", FrameStore("long"))
+    load(stream.frames, tags[:21])  # frames 0..19
+    snaps = []
+    for part in range(4):  # a frame arrives after each quarter of the burst is read
+        snaps += await asyncio.gather(
+            *(patient.take(stream, SnapshotRequest(client=f"{part}:{k}")) for k in range(50))
+        )
+        load(stream.frames, tags[21 + part : 22 + part])
+    assert patient.encodes == 1 and stream.frames.decode_passes == 1
+    assert {s.frame_index for s in snaps} == {19}
+    assert [s.frames_behind for s in snaps[::50]] == [0, 1, 2, 3]
+    # a client of the burst asks again: its own second request is not part of a burst
+    again = await patient.take(stream, SnapshotRequest(client="0:0"))
+    assert again.frame_index == 23 and again.frames_behind == 0 and patient.encodes == 2
+
+
+async def test_a_client_polling_alone_gets_at_most_one_frame_old_pictures(patient, tags):
+    stream = Stream("poll", "rtmp", FrameStore("poll"))
+    load(stream.frames, tags[:21])  # frames 0..19
+    for client in ("10.0.0.9:5000", ""):  # a kept-alive connection; a caller that says nothing
+        shown = []
+        for _ in range(6):
+            snap = await patient.take(stream, SnapshotRequest(client=client))
+            shown.append((snap.frame_index, snap.frames_behind))
+            load(stream.frames, tags[stream.frames.frames_in + 1 :][:1])  # one frame per poll
+        newest = shown[0][0]
+        pairs = [(newest + 2 * k, behind) for k in range(3) for behind in (0, 1)]
+        assert shown == pairs, client
+
+
+async def test_a_burst_that_has_ended_shares_no_further(patient, tags):
+    stream = Stream("ended", "rtmp", FrameStore("ended"))
+    load(stream.frames, tags[:21])  # frames 0..19
+    await asyncio.gather(*(patient.take(stream, SnapshotRequest(client=str(k))) for k in range(9)))
+    load(stream.frames, tags[21:23])  # two frames, and no request in between
+    late = await patient.take(stream, SnapshotRequest(client="new"))
+    assert late.frame_index == 21 and late.frames_behind == 0 and patient.encodes == 2

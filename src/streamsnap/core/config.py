@@ -52,7 +52,8 @@ class SnapshotConfig:
     png_encoder: Literal["auto", "fpng", "pillow"] = "auto"
     workers: int = 0  # decode/encode threads; 0 = one per core
     # a request this soon after a snapshot of the same stream shares it, if at most one newer
-    # frame has arrived since (0: every request waits for the newest frame)
+    # frame has arrived since or its burst is still arriving (0: every request waits for the
+    # newest frame)
     coalesce_ms: int = 100
 
 

@@ -45,6 +45,9 @@ class SnapshotRequest:
     # True: the picture of the newest frame, never one shared from just before (coalesce_ms);
     # auto-snapshots ask so, each file showing its own frame
     newest: bool = False
+    # who asks (a connection's address, a WebSocket session): a burst from many clients shares
+    # one picture while it is being read; "" for unknown
+    client: str = ""
 
     @property
     def key(self) -> tuple[str, int | None, int | None, int]:
@@ -72,6 +75,8 @@ class Snapshot:
     received: int = field(default=-1, repr=False, compare=False)
     # text forms of ``data`` (base64, the REST answer), made once and shared by every copy
     derived: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    # the clients answered with it since it was asked for, shared by every copy
+    clients: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @property
     def content_type(self) -> str:
@@ -108,6 +113,8 @@ class SnapshotService:
         self._inflight: dict[tuple[str, tuple], asyncio.Future[Snapshot]] = {}
         # media_session_id -> {request key: last snapshot}; dropped with the stream
         self._cache: dict[str, dict[tuple, Snapshot]] = {}
+        # media_session_id -> {request key: frames the stream had received at the last request}
+        self._seen: dict[str, dict[tuple, int]] = {}
         self.requests = 0
         self.shared = 0  # requests answered by a snapshot asked for just before (coalesce_ms)
         self.outcomes: Counter[str] = Counter()  # ok, timeout, ended, failed, cancelled
@@ -118,6 +125,7 @@ class SnapshotService:
 
     def forget(self, stream: Stream) -> None:
         self._cache.pop(stream.media_session_id, None)
+        self._seen.pop(stream.media_session_id, None)
 
     async def take(
         self,
@@ -151,9 +159,18 @@ class SnapshotService:
         is_live: Callable[[Stream], bool] | None,
     ) -> Snapshot:
         await self._wait_for_picture(stream, is_live)
-        recent = self._recent(stream, request)
-        if recent is not None:
-            return recent
+        seen = self._seen.setdefault(stream.media_session_id, {})
+        previous = seen.get(request.key)
+        seen[request.key] = stream.frames.frames_in
+        snap = self._recent(stream, request, previous)
+        if snap is None:
+            snap = await self._render_once(stream, request)
+        if request.client:
+            snap.clients.add(request.client)
+        return snap
+
+    async def _render_once(self, stream: Stream, request: SnapshotRequest) -> Snapshot:
+        """The picture for ``request``, rendered once for every request that comes meanwhile."""
         key = (stream.media_session_id, request.key)
         pending = self._inflight.get(key)
         if pending is not None:
@@ -200,13 +217,20 @@ class SnapshotService:
         if not stream.frames.decodable:
             raise SnapshotTimeout("Snapshot response timeout")
 
-    def _recent(self, stream: Stream, request: SnapshotRequest) -> Snapshot | None:
-        """Coalescing over time: a request that comes within ``coalesce_ms`` of the one a
-        snapshot was made for, with at most one frame received in between, shares it, as the
-        requests that come while it is being made do. Requests that arrive together (a wall
-        of dashboards refreshing) are read one after another; without this, those read after
-        a frame arrived would decode and encode again for a picture 33 ms newer. How fresh the
-        shared picture is gets reported as it is (``frames_behind``)."""
+    def _recent(
+        self, stream: Stream, request: SnapshotRequest, previous: int | None
+    ) -> Snapshot | None:
+        """Coalescing over time: requests that arrive together share one picture, as the
+        requests that come while it is being made do. A wall of dashboards refreshing at once
+        is read one request after another, over more than a frame interval on a busy machine;
+        without this, those read after a frame arrived would decode and encode again for a
+        picture 33 ms newer. A request shares the cached picture when it comes within
+        ``coalesce_ms`` of the request it was made for and either at most one frame arrived
+        since, or the burst it belongs to is still arriving: at most one frame since the
+        previous request (``previous``: the frames received then), and the picture was not
+        yet given to this client. A client polling on its own thus never gets a picture of
+        more than one frame before its request. How fresh a shared picture is gets reported
+        as it is (``frames_behind``)."""
         window = self.config.coalesce_ms / 1000
         if window <= 0 or request.newest:
             return None
@@ -214,8 +238,14 @@ class SnapshotService:
         if snap is None or time.monotonic() - snap.asked > window:
             return None
         frames = stream.frames
-        if snap.epoch != frames.epoch or frames.frames_in - snap.received > 1:
-            return None  # the source went away and came back since, or moved on
+        if snap.epoch != frames.epoch:
+            return None  # the source went away and came back since
+        if frames.frames_in - snap.received > 1:
+            # the stream moved on: only a burst that is still arriving shares it further
+            if previous is None or frames.frames_in - previous > 1:
+                return None
+            if not request.client or request.client in snap.clients:
+                return None
         behind = frames.frames_behind_of(snap.gop, snap.pts)
         self.shared += 1
         self.frames_behind.observe(behind)
@@ -244,7 +274,7 @@ class SnapshotService:
         if cached is not None and cached.frame_index == picture.index:
             # still the newest picture: shared again, from this request on
             cached = cache[request.key] = dataclasses.replace(
-                cached, frames_behind=behind, asked=asked, received=received
+                cached, frames_behind=behind, asked=asked, received=received, clients=set()
             )
             return cached
         rgb = imaging.to_rgb(picture.frame, request.width, request.height)

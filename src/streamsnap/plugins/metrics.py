@@ -98,8 +98,8 @@ def render(app: App) -> str:
     metric(
         "streamsnap_snapshot_shared_total",
         "counter",
-        "Requests answered by a snapshot made just before (within coalesce_ms, at most one "
-        "frame behind).",
+        "Requests answered by a snapshot made just before (within coalesce_ms: at most one "
+        "frame since, or while their burst was still arriving).",
         [(snaps.shared, None)],
     )
     for name, help_text, hist in (

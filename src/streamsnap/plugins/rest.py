@@ -105,6 +105,12 @@ def _app(request: web.Request) -> App:
     return request.app[APP_KEY]
 
 
+def _client(request: web.Request) -> str:
+    """The connection a request came on (``ip:port``), for coalescing a burst of clients."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+
+
 async def snapshot(request: web.Request) -> web.Response:
     """``POST /rest-api/stream/snapshot {"streamName"}`` → ``{"data": "<base64 PNG>"}``."""
     try:
@@ -115,7 +121,7 @@ async def snapshot(request: web.Request) -> web.Response:
     app = _app(request)
     try:
         with app.snapshot_slot(name, request.remote or ""):
-            snap = await app.snapshot(name, SnapshotRequest(source="rest"))
+            snap = await app.snapshot(name, SnapshotRequest(source="rest", client=_client(request)))
     except Refused as exc:
         return busy_response(request, exc)
     except StreamNotFound:
@@ -152,6 +158,7 @@ async def snapshot_image(request: web.Request) -> web.StreamResponse:
             height=_int_param(request, "height", 2, MAX_IMAGE_SIDE),
             quality=_int_param(request, "quality", 1, 100) or 85,
             source="rest",
+            client=_client(request),
         )
     except BadRequest as exc:
         return error_response(request, exc.status, str(exc))

@@ -305,7 +305,9 @@ class WcsSession:
             return
         try:
             with self.app.snapshot_slot(name, self.peer):
-                snap = await self.app.snapshot(name, SnapshotRequest(source="websocket"))
+                snap = await self.app.snapshot(
+                    name, SnapshotRequest(source="websocket", client=self.id)
+                )
         except (StreamNotFound, InvalidStreamName, SnapshotError, Refused) as exc:
             info = NOT_FOUND if isinstance(exc, StreamNotFound) else str(exc)
             log.info(
