@@ -203,3 +203,42 @@ async def test_a_burst_that_has_ended_shares_no_further(patient, tags):
     load(stream.frames, tags[21:23])  # two frames, and no request in between
     late = await patient.take(stream, SnapshotRequest(client="new"))
     assert late.frame_index == 21 and late.frames_behind == 0 and patient.encodes == 2
+
+
+async def test_the_cache_keeps_a_bounded_number_of_variants(service, tags):
+    """?width= takes thousands of values: a client cycling through them must not make the
+    cache of a stream grow with them; the variant asked for last is still cached."""
+    from streamsnap.core.snapshot import MAX_VARIANTS
+
+    stream = Stream("sizes", "rtmp", FrameStore("sizes"))
+    load(stream.frames, tags[:21])
+    widths = range(64, 64 + 3 * MAX_VARIANTS)
+    for width in widths:
+        await service.take(stream, SnapshotRequest(format="jpeg", width=width))
+    assert len(service._cache[stream.media_session_id]) == MAX_VARIANTS
+    assert len(service._seen[stream.media_session_id]) == MAX_VARIANTS
+    encodes = service.encodes
+    again = await service.take(stream, SnapshotRequest(format="jpeg", width=widths[-1]))
+    assert again.width == widths[-1] and service.encodes == encodes
+
+
+async def test_a_picture_made_after_its_stream_ended_is_not_kept(service, tags):
+    stream = Stream("gone", "rtmp", FrameStore("gone"))
+    load(stream.frames, tags[:21])
+    gate = threading.Event()
+    decode = stream.frames.decode_latest
+
+    def held(**kwargs):
+        gate.wait(5)
+        return decode(**kwargs)
+
+    stream.frames.decode_latest = held
+    live = True
+    task = asyncio.ensure_future(service.take(stream, is_live=lambda _s: live))
+    await asyncio.sleep(0.05)
+    assert not task.done()  # the render is under way in the pool
+    live = False
+    service.forget(stream)  # the stream ends
+    gate.set()
+    assert (await task).frame_index == 19
+    assert stream.media_session_id not in service._cache

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import inspect
 import ipaddress
@@ -595,6 +596,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     allocator.keep_picture_buffers()
     app = App(config)
     await app.start()
+    # Everything loaded at start-up (modules, plugins, codecs: ~70k objects) lives as long as
+    # the server: moved out of the collector's reach, a full collection no longer walks it on
+    # the event loop (27 ms each, measured here, stalling every request in flight).
+    gc.freeze()
     try:
         await stop.wait()
     finally:

@@ -16,13 +16,16 @@ import time
 from collections import Counter
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import imaging
 from .errors import SnapshotError, StreamNotFound
 from .stats import Histogram
 
 FRESHNESS_BUCKETS = (0, 1, 2, 4, 8, 16, 32)  # frames
+# pictures kept per stream, one per variant asked for (format, size, quality), least recently
+# made first out: ?width= takes thousands of values, the cache must not grow with them
+MAX_VARIANTS = 16
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -111,7 +114,8 @@ class SnapshotService:
         self.executor = executor
         # (media_session_id, request key) -> in-flight encode, shared by concurrent callers
         self._inflight: dict[tuple[str, tuple], asyncio.Future[Snapshot]] = {}
-        # media_session_id -> {request key: last snapshot}; dropped with the stream
+        # media_session_id -> {request key: last snapshot}; dropped with the stream, at most
+        # MAX_VARIANTS keys each; written on the event loop only
         self._cache: dict[str, dict[tuple, Snapshot]] = {}
         # media_session_id -> {request key: frames the stream had received at the last request}
         self._seen: dict[str, dict[tuple, int]] = {}
@@ -161,15 +165,20 @@ class SnapshotService:
         await self._wait_for_picture(stream, is_live)
         seen = self._seen.setdefault(stream.media_session_id, {})
         previous = seen.get(request.key)
-        seen[request.key] = stream.frames.frames_in
+        _keep(seen, request.key, stream.frames.frames_in)
         snap = self._recent(stream, request, previous)
         if snap is None:
-            snap = await self._render_once(stream, request)
+            snap = await self._render_once(stream, request, is_live)
         if request.client:
             snap.clients.add(request.client)
         return snap
 
-    async def _render_once(self, stream: Stream, request: SnapshotRequest) -> Snapshot:
+    async def _render_once(
+        self,
+        stream: Stream,
+        request: SnapshotRequest,
+        is_live: Callable[[Stream], bool] | None,
+    ) -> Snapshot:
         """The picture for ``request``, rendered once for every request that comes meanwhile."""
         key = (stream.media_session_id, request.key)
         pending = self._inflight.get(key)
@@ -191,6 +200,8 @@ class SnapshotService:
             fut.exception()  # mark retrieved: waiters re-raise it themselves
             raise
         else:
+            if is_live is None or is_live(stream):  # an ended stream's cache is gone for good
+                _keep(self._cache.setdefault(stream.media_session_id, {}), request.key, snap)
             fut.set_result(snap)
             return snap
         finally:
@@ -269,19 +280,17 @@ class SnapshotService:
             raise SnapshotError(f"stream {stream.name!r}: no decodable picture yet")
         behind = stream.frames.frames_behind(picture, received)
         self.frames_behind.observe(behind)
-        cache = self._cache.setdefault(stream.media_session_id, {})
-        cached = cache.get(request.key)
+        cached = self._cache.get(stream.media_session_id, {}).get(request.key)
         if cached is not None and cached.frame_index == picture.index:
             # still the newest picture: shared again, from this request on
-            cached = cache[request.key] = dataclasses.replace(
+            return dataclasses.replace(
                 cached, frames_behind=behind, asked=asked, received=received, clients=set()
             )
-            return cached
         rgb = imaging.to_rgb(picture.frame, request.width, request.height)
         data = imaging.encode(rgb, request.format, request.quality, self.config.png_encoder)
         self.encode_seconds.observe(time.perf_counter() - t1)
         self.encodes += 1
-        snap = Snapshot(
+        return Snapshot(
             data=data,
             format=request.format,
             width=rgb.shape[1],
@@ -296,5 +305,11 @@ class SnapshotService:
             asked=asked,
             received=received,
         )
-        cache[request.key] = snap
-        return snap
+
+
+def _keep(mapping: dict[tuple, Any], key: tuple, value: Any) -> None:
+    """Store ``value`` as the newest entry, dropping the oldest beyond MAX_VARIANTS."""
+    mapping.pop(key, None)
+    mapping[key] = value
+    while len(mapping) > MAX_VARIANTS:
+        del mapping[next(iter(mapping))]
