@@ -668,8 +668,9 @@ def scheduled_snapshots(
     def one(url: str) -> float | None:
         try:
             return rest_snapshot_ms(server, url)
-        except Exception as exc:  # counted as a failure, reported
-            log(f"  snapshot of {url} failed: {exc}")
+        except Exception as exc:  # counted as a failure, reported with the server's reason
+            body = exc.read()[:300].decode("utf-8", "replace") if hasattr(exc, "read") else ""
+            log(f"  snapshot of {url} failed: {exc} {body}")
             return None
 
     step = interval / len(urls)
