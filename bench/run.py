@@ -373,10 +373,9 @@ class BurstClient:
         self.socks = [socket.create_connection((host, port), timeout=10) for _ in range(clients)]
         for sock in self.socks:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.run("/healthz")
-        for sock in self.socks:
             sock.setblocking(False)
             self.selector.register(sock, selectors.EVENT_READ)
+        self.run("/healthz")
 
     def close(self) -> None:
         self.selector.close()
@@ -387,7 +386,6 @@ class BurstClient:
         """Send ``GET path`` on every connection at once: per request its latency (ms), status
         and headers (lower-cased names)."""
         request = f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()
-        blocking = self.socks[0].getblocking()
         sent: dict[int, float] = {}
         for sock in self.socks:
             sent[sock.fileno()] = time.perf_counter()
@@ -398,11 +396,8 @@ class BurstClient:
         while len(answers) < len(self.socks):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(self.socks) - len(answers)} answers missing")
-            if blocking:
-                ready = [s for s in self.socks if s.fileno() not in answers]
-            else:
-                ready = [key.fileobj for key, _ in self.selector.select(1)]
-            for sock in ready:
+            for key, _ in self.selector.select(1):
+                sock = key.fileobj
                 fd = sock.fileno()
                 chunk = sock.recv(1 << 20)
                 if not chunk:
