@@ -53,7 +53,7 @@ def profile(streams: int, seconds: float, rtsp: bool = False, top: int = 12) -> 
             from tests.helpers.rtsp import RtspCamera
 
             cam = RtspCamera(size="1280x720", gop=60, one_encoder=True)
-            names = [cam.url(query=f"?p={i}") for i in range(streams)]
+            names = [cam.url(query=f"?channel=p{i}") for i in range(streams)]
             for name in names:
                 server.request("POST", "/rest-api/stream/find", {"name": name})
         else:

@@ -137,7 +137,11 @@ def percentile(values: list[float], p: float) -> float:
 def rest_snapshot_ms(server: ServerProcess, name: str) -> float:
     body = json.dumps({"streamName": name}).encode()
     t0 = time.perf_counter()
-    req = urllib.request.Request(server.http + "/rest-api/stream/snapshot", data=body)
+    req = urllib.request.Request(
+        server.http + "/rest-api/stream/snapshot",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         data = json.loads(resp.read())["data"]
     elapsed = (time.perf_counter() - t0) * 1000
@@ -568,7 +572,7 @@ def bench_rtsp(
         log(f"RTSP: {n_cold} cold snapshots (camera not yet pulled) vs the ffmpeg CLI")
         cold, cli = [], []
         for i in range(n_cold):
-            cold.append(rest_snapshot_ms(server, cam.url(query=f"?cold={i}")))
+            cold.append(rest_snapshot_ms(server, cam.url(query=f"?channel=cold{i}")))
             t0 = time.perf_counter()
             subprocess.run(
                 [
@@ -591,7 +595,7 @@ def bench_rtsp(
             cli.append((time.perf_counter() - t0) * 1000)
         out["cold_ms"], out["ffmpeg_cli_ms"] = cold, cli
         log(f"RTSP: {n_warm} warm snapshots")
-        warm_url = cam.url(query="?warm")
+        warm_url = cam.url(query="?channel=warm")
         rest_snapshot_ms(server, warm_url)
         warm = []
         for _ in range(n_warm):
@@ -609,7 +613,7 @@ def bench_rtsp(
         c0 = tree_cpu_seconds(pid)
         time.sleep(window / 2)
         base = (tree_cpu_seconds(pid) - c0) / (window / 2)
-        urls = [cam.url(query=f"?idle={i}") for i in range(cameras)]
+        urls = [cam.url(query=f"?channel=idle{i}") for i in range(cameras)]
         for url in urls:  # find starts the pull without asking for a picture: truly idle
             deadline = time.monotonic() + 20  # one at a time: the camera's shared pipeline
             while time.monotonic() < deadline:  # is prepared by the first session only
@@ -745,7 +749,7 @@ def bench_capacity(counts: list[int], window: float, interval: float = 10.0) -> 
             try:
                 for n in counts:
                     while len(urls) < n:  # find starts a pull without asking for a picture
-                        urls.append(cam.url(query=f"?cap={len(urls)}"))
+                        urls.append(cam.url(query=f"?channel=cap{len(urls)}"))
                         server.request("POST", "/rest-api/stream/find", {"name": urls[-1]})
                     deadline = time.monotonic() + 60
                     for url in urls:
@@ -1525,7 +1529,9 @@ def main() -> int:
         work / "bench.toml",
         server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
         rtsp={"idle_timeout_s": 10},
+        pull={"allowed_hosts": ["127.0.0.1"]},  # the bench's cameras, pulled by URL
         webrtc={"ice_addresses": ["127.0.0.1"]},
+        limits={"max_connections_per_ip": 0},  # one address plays the 200 clients of a burst
     )
     server = ServerProcess(config, cwd=work).start()
     try:
@@ -1535,6 +1541,7 @@ def main() -> int:
                 work / "lazy.toml",
                 server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
                 streams={"decode": "lazy"},
+                limits={"max_connections_per_ip": 0},  # as above
             )
             lazy = ServerProcess(lazy_config, cwd=work).start()
             try:

@@ -24,6 +24,10 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from .core.supervisor import MaskSecrets
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(MaskSecrets())
     for noisy in ("aiohttp.access", "aioice", "aiortc"):  # per-packet/per-check chatter
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 

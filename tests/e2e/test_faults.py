@@ -277,7 +277,8 @@ def test_whip_publisher_killed_without_delete_is_unpublished(make_server, tmp_pa
 
 # ---------------------------------------------------------------- slow REST clients
 def test_slow_and_silent_rest_clients_do_not_stall_others(make_server, tmp_path, witness_of):
-    srv = fault_server(make_server, tmp_path)
+    # 300 connections from one address: beyond [limits] max_connections_per_ip, on purpose
+    srv = fault_server(make_server, tmp_path, limits={"max_connections_per_ip": 0})
     witness = witness_of(srv, tmp_path / "snaps")
     port = srv.ports["http"]
     fds_before = len(os.listdir(f"/proc/{srv.proc.pid}/fd"))
@@ -290,16 +291,16 @@ def test_slow_and_silent_rest_clients_do_not_stall_others(make_server, tmp_path,
         sockets.append(slow)
         body = json.dumps({"streamName": "witness"}).encode()
         slow.sendall(
-            b"POST /rest-api/stream/snapshot HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"POST /rest-api/stream/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
             b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         # many that send half a request and wait, and many that ask and never read
         for i in range(300):
             s = socket.create_connection(("127.0.0.1", port))
             if i % 2:
-                s.sendall(b"GET /streams/witness/snapshot.png HTTP/1.1\r\nHost: x\r\n")
+                s.sendall(b"GET /streams/witness/snapshot.png HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             else:
-                s.sendall(b"GET /streams/witness/snapshot.png HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.sendall(b"GET /streams/witness/snapshot.png HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             sockets.append(s)
         for _ in range(5):
             assert slow.recv(1)  # one byte a second

@@ -19,7 +19,8 @@ def test_rest_api_conforms_to_its_openapi_description(make_server):
     # Pulls only from this machine: generated URLs must never reach another host.
     srv = make_server(
         snapshot={"snapshot_taking_interval_ms": 300},
-        rtsp={"allowed_hosts": ["127.0.0.1"], "connect_timeout_s": 1.0},
+        pull={"allowed_hosts": ["127.0.0.1"]},
+        rtsp={"connect_timeout_s": 1.0},
     )
     out = subprocess.run(
         [

@@ -28,6 +28,7 @@ def png_size(body: dict) -> tuple[int, int]:
 def pull_server(make_server, schemes: list[str] | None = None, **pull):
     if schemes is not None:
         pull["allowed_schemes"] = schemes
+    pull.setdefault("allowed_hosts", ["127.0.0.1"])
     return make_server(
         snapshot={"snapshot_taking_interval_ms": 8000},
         rtsp={"stall_timeout_s": 3.0, "connect_timeout_s": 3.0, "backoff_max_s": 1.0},
@@ -75,7 +76,7 @@ def test_pull_rtmp_from_nginx_by_url_and_by_rest(make_server, nginx):
             {"uri": nginx.url("studio"), "localStreamName": "studio"},
         )
         assert status == 409
-        status, raw, _ = srv.request("GET", "/rest-api/pull/find_all")
+        status, raw, _ = srv.request("POST", "/rest-api/pull/find_all")
         pulls = {p["localStreamName"]: p for p in json.loads(raw)}
         assert pulls["studio"]["uri"] == nginx.url("studio") and not pulls["studio"]["onDemand"]
         assert pulls[nginx.url("studio")]["onDemand"]

@@ -48,7 +48,7 @@ def test_find_and_find_all_when_empty(server):
         code, raw, _ = server.request("POST", path, b"{}")
         assert code == 404 and json.loads(raw)["message"] == "Stream not found"
     code, raw, _ = server.request("GET", "/rest-api/stream/find_all")
-    assert code == 404
+    assert code == 405 and json.loads(raw)["status"] == 405  # POST only
     code, raw, _ = server.request("POST", "/rest-api/stream/find", {"published": "yes"})
     assert code == 400 and "published" in json.loads(raw)["message"]
 

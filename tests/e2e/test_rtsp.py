@@ -21,11 +21,15 @@ def png(body: dict) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(body["data"])))
 
 
-def rtsp_server(make_server, **rtsp):
+def rtsp_server(make_server, allowed_hosts=("127.0.0.1",), **rtsp):
     rtsp.setdefault("stall_timeout_s", 2.0)
     rtsp.setdefault("connect_timeout_s", 3.0)
     rtsp.setdefault("backoff_max_s", 1.0)
-    return make_server(snapshot={"snapshot_taking_interval_ms": 6000}, rtsp=rtsp)
+    return make_server(
+        snapshot={"snapshot_taking_interval_ms": 6000},
+        rtsp=rtsp,
+        pull={"allowed_hosts": list(allowed_hosts)},
+    )
 
 
 def test_snapshot_by_url_cold_then_warm(make_server, make_camera):
@@ -66,7 +70,10 @@ def test_auth_from_url_and_from_config_and_failures(make_server, make_camera):
     )
     status, body = srv.snapshot(cam.url(user="admin", password="s3cret%21"))
     assert status == 200, body
-    for bad in (cam.url(path="/cam?x=1"), cam.url(user="admin", password="wrong", path="/cam?y=1")):
+    # cold pulls (other paths: the running pull's name differs) and the running pull itself
+    cold = (cam.url(path="/cam/x"), cam.url(user="admin", password="wrong", path="/cam/y"))
+    warm = (cam.url(), cam.url(user="admin", password="wrong"))
+    for bad in (*cold, *warm):
         t0 = time.monotonic()
         status, body = srv.snapshot(bad)
         assert status == 500 and body["message"] == FAILED_TO_CONNECT, body
@@ -84,7 +91,7 @@ def test_digest_auth(make_server, make_camera):
     srv = rtsp_server(make_server)
     status, body = srv.snapshot(cam.url(user="admin", password="d1gest"))
     assert status == 200, body
-    status, body = srv.snapshot(cam.url(user="admin", password="nope", path="/cam?2"))
+    status, body = srv.snapshot(cam.url(user="admin", password="nope", path="/cam/2"))
     assert status == 500 and body["message"] == FAILED_TO_CONNECT
     assert "nope" not in srv.log and "d1gest" not in srv.log
 
@@ -92,7 +99,10 @@ def test_digest_auth(make_server, make_camera):
 def test_credentials_from_config_by_host(make_server, make_camera):
     cam = make_camera(user="viewer", password="pw")
     srv = rtsp_server(
-        make_server, credentials=[{"host": "127.0.0.*", "username": "viewer", "password": "pw"}]
+        make_server,
+        credentials=[
+            {"host": "127.0.0.*", "port": cam.port, "username": "viewer", "password": "pw"}
+        ],
     )
     status, body = srv.snapshot(cam.url())
     assert status == 200, body
@@ -150,7 +160,7 @@ def test_frozen_camera_is_detected_and_restarted(make_server, make_camera):
 def test_ten_cameras_at_once(make_server, make_camera):
     cams = [make_camera(size="320x240"), make_camera(size="320x240")]
     srv = rtsp_server(make_server)
-    urls = [c.url(query=f"?n={i}") for c in cams for i in range(5)]
+    urls = [c.url(query=f"?channel={i}") for c in cams for i in range(5)]
     import concurrent.futures
 
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
@@ -187,10 +197,10 @@ def test_disallowed_names_never_reach_ffmpeg(server, name):
 
 def test_host_allow_list(make_server, make_camera):
     cam = make_camera()
-    srv = rtsp_server(make_server, allowed_hosts=["127.0.0.0/8"])
+    srv = rtsp_server(make_server, allowed_hosts=["127.0.0.1/32"])
     assert srv.snapshot(cam.url())[0] == 200
-    status, body = srv.snapshot(f"rtsp://localhost:{cam.port}/cam")
-    assert status == 400 and "allowed_hosts" in body["message"]
+    status, body = srv.snapshot(f"rtsp://127.0.0.2:{cam.port}/cam")
+    assert status == 403 and "[pull] allowed_hosts" in body["message"]
 
 
 def test_idle_pull_is_dropped(make_server, make_camera):

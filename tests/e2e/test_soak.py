@@ -110,7 +110,7 @@ class Soak:
     def rtsp(self, worker: int, cycles: int) -> None:
         name = f"pull{worker}"
         for _ in range(cycles):
-            uri = f"{self.camera_url}?w={worker}"
+            uri = f"{self.camera_url}?channel={worker}"
             status, raw, _ = self.srv.request(
                 "POST", "/rest-api/pull/startup", {"uri": uri, "localStreamName": name}
             )
@@ -171,6 +171,7 @@ def test_soak_1000_cycles_no_growth(make_server, make_camera, tmp_path, clip):
         },
         webrtc={"ice_addresses": ["127.0.0.1"]},
         rtsp={"connect_timeout_s": 5.0},
+        pull={"allowed_hosts": ["127.0.0.1"]},
     )
     soak = Soak(srv, clip, cam.url())
     soak.run(*WARMUP)

@@ -141,7 +141,7 @@ def _authorized(srv, token):
             srv.http + "/rest-api/stream/find",
             method="POST",
             data=json.dumps({"name": name}).encode(),
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
         try:
             with urllib.request.urlopen(req, timeout=5) as resp:

@@ -100,10 +100,21 @@ class ServerProcess:
         return f"rtmp://127.0.0.1:{self.ports['rtmp']}/{app}/{name}"
 
     def request(
-        self, method: str, path: str, body: bytes | dict | None = None, timeout: float = 15.0
+        self,
+        method: str,
+        path: str,
+        body: bytes | dict | None = None,
+        timeout: float = 15.0,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes, dict[str, str]]:
+        """``content_type`` defaults to JSON for a dict body and for REST methods (what WCS
+        clients send); "" sends none."""
         data = json.dumps(body).encode() if isinstance(body, dict) else body
-        req = urllib.request.Request(self.http + path, data=data, method=method)
+        if content_type is None and (isinstance(body, dict) or path.startswith("/rest-api/")):
+            content_type = "application/json"
+        headers = {**(headers or {}), **({"Content-Type": content_type} if content_type else {})}
+        req = urllib.request.Request(self.http + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, resp.read(), dict(resp.headers)

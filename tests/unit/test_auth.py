@@ -67,7 +67,7 @@ def test_cli_hash_password_reads_stdin():
 
 
 async def test_basic_users_bearer_and_the_verification_cache(monkeypatch):
-    a = Authenticator("tok", [{"name": "ops", "password": hash_password("pw", n=1 << 10)}], [])
+    a = Authenticator("tok", [{"name": "ops", "password": hash_password("pw", n=1 << 14)}], [])
     basic = "Basic " + base64.b64encode(b"ops:pw").decode()
     assert await a.check_header("Bearer tok") == "token"
     assert await a.check_header("bearer tok") == "token"
@@ -90,7 +90,7 @@ async def test_basic_users_bearer_and_the_verification_cache(monkeypatch):
 
 async def test_the_cache_is_bounded(monkeypatch):
     monkeypatch.setattr(auth, "CACHE_SIZE", 2)
-    users = [{"name": n, "password": hash_password(n, n=1 << 10)} for n in ("a", "b", "c")]
+    users = [{"name": n, "password": hash_password(n, n=1 << 14)} for n in ("a", "b", "c")]
     a = Authenticator("", users, [])
     for name in ("a", "b", "c", "c"):
         assert await a.check_user(name, name)

@@ -105,3 +105,14 @@ async def test_outage_retries_with_backoff_then_reports(tmp_path, caplog):
     assert loop.time() - t0 >= 0.24  # 0.1 + 0.2 s of backoff (±20 % jitter)
     assert caplog.text.count("retrying in") == 2
     assert "failed after 3 attempts" in caplog.text and s3.failed == 1
+
+
+async def test_a_symlink_is_not_uploaded(tmp_path):
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0")
+    link = tmp_path / "cam1" / "cam1_00000001.png"
+    link.parent.mkdir()
+    link.symlink_to(secret)
+    s3 = S3Storage({"bucket": "b", "endpoint_url": "http://127.0.0.1:9"})  # never reached
+    with pytest.raises(OSError, match=r"cam1_00000001\.png is a symlink: not uploaded"):
+        await s3.store(None, str(link))

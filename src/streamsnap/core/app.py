@@ -26,11 +26,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import allocator
-from .auth import Authenticator
+from .auth import Authenticator, LoginThrottled
 from .config import Config
 from .decoding import DecodePolicy
 from .errors import Refused, StartupError, StreamNotFound
 from .frames import FrameHandle, FrameStore
+from .listeners import ConnectionLimiter, HostCheck, LimitedSite, make_runner
+from .names import check_publish_name
 from .plugins import BackendRegistry, PluginManager, make_plugin_manager
 from .snapshot import Snapshot, SnapshotRequest, SnapshotService
 from .streams import Stream, StreamRegistry
@@ -51,6 +53,7 @@ PROTECTED = (
 )
 
 APP_KEY: web.AppKey[App] = web.AppKey("streamsnap_app", object)  # type: ignore[arg-type]
+API_USER: web.RequestKey[str] = web.RequestKey("streamsnap_api_user", str)  # who they proved
 
 
 def is_loopback(host: str) -> bool:
@@ -108,8 +111,12 @@ class App:
         self._tls: ssl.SSLContext | None = None
         self.storage: dict[str, Any] = {}  # active storage backends by name
         auth = config.auth
-        self.auth = Authenticator(auth.token, auth.users, auth.publish_keys)
+        self.auth = Authenticator(
+            auth.token, auth.users, auth.publish_keys, open_publish=auth.open_publish
+        )
         self.refused: Counter[str] = Counter()  # refusals by rule, for /metrics
+        self.connections = ConnectionLimiter(config.limits.max_connections_per_ip, self.refused)
+        self.hosts = HostCheck(config.server.server_names, self.refused)
         self.snapshots_in_flight = 0  # REST and WebSocket snapshots being served
         self.pm.guard.spawn = lambda coro, name: self.spawn(coro, name=name)
         self.ended: Counter[tuple[str, str]] = Counter()  # (protocol, reason) -> streams ended
@@ -141,7 +148,9 @@ class App:
                 raise StartupError(
                     f"storage backend {name!r} (plugin {self.backends.owners[name]!r}): {exc}"
                 ) from exc
-        self.web = web.Application(client_max_size=1 << 20, middlewares=[self._auth])
+        self.web = web.Application(
+            client_max_size=1 << 20, middlewares=[self.hosts.middleware, self._auth]
+        )
         self.web[APP_KEY] = self
         for name, routes in self.pm.broadcast("register_routes", app=self):
             try:
@@ -149,13 +158,19 @@ class App:
             except Exception as exc:
                 raise StartupError(f"plugin {name!r} contributed bad routes: {exc}") from exc
         srv = self.config.server
-        self._runner = web.AppRunner(self.web, handle_signals=False, access_log=None)
-        await self._runner.setup()
-        self.ports["http"] = await start_site(self._runner, srv.host, srv.http_port, "http_port")
         tls = self.tls_context()
+        self._runner = make_runner(self.web)
+        await self._runner.setup()
+        if self.plaintext:
+            self.ports["http"] = await start_site(self, self._runner, srv.http_port, "http_port")
+        if not srv.plaintext and tls is None:
+            log.warning(
+                "[server] plaintext = false has no effect without [server] tls_cert and tls_key: "
+                "the plain HTTP and WebSocket ports are open"
+            )
         if tls is not None:
             self.ports["https"] = await start_site(
-                self._runner, srv.host, srv.https_port, "https_port", tls
+                self, self._runner, srv.https_port, "https_port", tls
             )
         for name, result in self.pm.broadcast("on_startup", app=self):
             if inspect.isawaitable(result):
@@ -171,6 +186,12 @@ class App:
         if warning:
             log.warning("%s", warning)
         log.info("streamsnap ready: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
+
+    @property
+    def plaintext(self) -> bool:
+        """Are the plain HTTP and WebSocket ports open? ``[server] plaintext = false`` closes
+        them when TLS is on; without TLS they are the only ones."""
+        return self.config.server.plaintext or not self.config.server.tls_cert
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The server TLS context when ``[server] tls_cert``/``tls_key`` are set."""
@@ -193,7 +214,11 @@ class App:
         """With ``[auth] token`` or ``users``: the APIs (not the pages) need credentials."""
         if self.auth.enabled and request.method != "OPTIONS" and request.path.startswith(PROTECTED):
             given = _credentials(request)
-            if not await self.api_user(request) and not self._whip_publisher(request, given):
+            try:
+                user = await self.api_user(request)
+            except LoginThrottled as exc:
+                return self._throttled(request, exc)
+            if not user and not self._whip_publisher(request, given):
                 return self._unauthorized(request, bool(given))
         try:
             return await handler(request)
@@ -215,19 +240,54 @@ class App:
             return web.json_response(body, status=exc.status, headers=headers)
 
     async def api_user(self, request: web.Request) -> str:
-        """Who the request's API credentials prove (``"token"`` or a user name), or ""."""
+        """Who the request's API credentials prove (``"token"`` or a user name), or "".
+        Raises LoginThrottled while the client's address has failed too often."""
         if not self.auth.enabled:
             return ""
-        return await self.auth.check_header(_credentials(request)) or ""
+        if API_USER not in request:  # checked once per request, however many ask
+            given = _credentials(request)
+            if self._whip_key(request, given):  # a publish key, not a (failed) login
+                request[API_USER] = ""
+            else:
+                user = await self.auth.check_header(given, request.remote or "")
+                request[API_USER] = user or ""
+        return request[API_USER]
 
-    def _whip_publisher(self, request: web.Request, given: str) -> bool:
-        """A WHIP request that carries the publish key of its stream (as the bearer token or
-        ``?key=``) may pass; the WHIP plugin checks the key again when it decides the publish."""
+    def _whip_key(self, request: web.Request, given: str) -> bool:
+        """Does this WHIP request carry the publish key of its stream (as the bearer token or
+        ``?key=``)?"""
         name = request.match_info.get("name")
         key = self.auth.key_for(name) if name and request.path.startswith("/whip/") else None
+        if key is None:
+            return False
         scheme, _, value = given.partition(" ")
         offered = value.strip() if scheme.lower() == "bearer" else request.query.get("key", "")
-        return key is not None and hmac.compare_digest(offered.encode(), key.encode())
+        return hmac.compare_digest(offered.encode(), key.encode())
+
+    def _whip_publisher(self, request: web.Request, given: str) -> bool:
+        """A WHIP request that carries the publish key of its stream may pass, and with
+        ``[auth] open_publish`` one for a stream without a key of its own; the WHIP plugin checks
+        again when it decides the publish."""
+        if self._whip_key(request, given):
+            return True
+        name = request.match_info.get("name")
+        return bool(name and request.path.startswith("/whip/")) and (
+            self.auth.key_for(name) is None and self.auth.open_publish
+        )
+
+    def _throttled(self, request: web.Request, exc: LoginThrottled) -> web.Response:
+        log.warning("http %s %s from %s: %s", request.method, request.path, request.remote, exc)
+        self.refused["failed_logins"] += 1
+        return web.json_response(
+            {
+                "status": 429,
+                "error": "Too Many Requests",
+                "path": request.path,
+                "message": str(exc),
+            },
+            status=429,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
 
     def _unauthorized(self, request: web.Request, wrong: bool) -> web.Response:
         what = "wrong credentials" if wrong else "no credentials"
@@ -305,10 +365,14 @@ class App:
         """Decide whether a new publisher may publish ``stream``, then claim it.
 
         ``params`` are what the publisher sent with the name (RTMP ``?key=``, WHIP query and
-        bearer token). In order: the ``authorize_publish`` hook (True allows, a string refuses),
-        the publish key unless a plugin allowed or ``user`` (API credentials) is set, then the
-        limits. Raises :class:`Refused` (logged and counted) or StreamNameInUse.
+        bearer token). In order: the name rule (before any plugin sees the name), the
+        ``authorize_publish`` hook (True allows, a string refuses), the publish key or API token
+        unless a plugin allowed or ``user`` (API credentials) is set, then the limits. Raises
+        :class:`Refused` (logged and counted) or StreamNameInUse.
         """
+        reason = check_publish_name(stream.name)
+        if reason:
+            raise self._refuse(stream, Refused("bad_name", reason))
         answer, plugin = await self._authorize_publish(stream, params)
         if isinstance(answer, str):
             raise self._refuse(stream, Refused("plugin", answer), f"plugin {plugin}")
@@ -318,14 +382,19 @@ class App:
                 raise self._refuse(stream, Refused("publish_key", reason))
         limits = self.config.limits
         if self.streams.lookup(stream.name) is None:  # else claim() names the real problem
-            if limits.max_streams and len(self.streams) >= limits.max_streams:
-                message = f"server at its limit of {limits.max_streams} streams"
-                raise self._refuse(stream, Refused("max_streams", message))
+            self.check_capacity(stream)
             ip, most = stream.remote_ip, limits.max_publishers_per_ip
             if most and ip and sum(s.remote_ip == ip for s in self.streams) >= most:
                 message = f"{ip} already publishes {most} streams (the limit per address)"
                 raise self._refuse(stream, Refused("max_publishers_per_ip", message))
         self.claim(stream)
+
+    def check_capacity(self, stream: Stream) -> None:
+        """``[limits] max_streams``, for publishers and pulls alike (raises :class:`Refused`)."""
+        most = self.config.limits.max_streams
+        if most and len(self.streams) >= most:
+            message = f"server at its limit of {most} streams ([limits] max_streams)"
+            raise self._refuse(stream, Refused("max_streams", message))
 
     async def _authorize_publish(
         self, stream: Stream, params: Mapping[str, str]
@@ -352,7 +421,8 @@ class App:
         self.refused[exc.kind] += 1
         log.warning(
             "stream %s: publish over %s from %s refused (%s%s): %s",
-            stream.name,
+            # a refused name may hold a line break (a forged log line): quoted, and cut
+            repr(stream.name[:64]) if exc.kind == "bad_name" else stream.name,
             stream.protocol,
             stream.remote or "-",
             exc.kind,
@@ -481,24 +551,31 @@ class App:
         await self.unpublish(stream, reason)
 
     # ---------------------------------------------------------------- snapshots
-    async def resolve(self, name: str) -> Stream:
-        """The live stream ``name``, or one a plugin starts for it (e.g. an RTSP pull).
+    async def resolve(self, name: str, remote: str | None = None) -> Stream:
+        """The live stream ``name``, or one a plugin starts for it (e.g. an RTSP pull) on behalf
+        of client address ``remote`` (None: nothing is started, as for image GETs).
 
-        Raises StreamNotFound, or InvalidStreamName for a name no plugin may serve.
+        Raises StreamNotFound, InvalidStreamName for a name no plugin may serve, NotAllowed
+        for one a setting refuses.
         """
         stream = self.streams.lookup(name)
+        if stream is not None and stream.check_name is not None:
+            stream.check_name(name)
         if stream is None:
-            stream = await self.pm.afirstresult("resolve_stream", app=self, name=name)
+            stream = await self.pm.afirstresult(
+                "resolve_stream", app=self, name=name, remote=remote
+            )
             if stream is None:
                 raise StreamNotFound(f"stream {name!r} not found")
         stream.touch()
         return stream
 
     async def snapshot(self, name: str, request: SnapshotRequest | None = None) -> Snapshot:
-        """The current picture of stream ``name`` (raises StreamNotFound, SnapshotError)."""
-        stream = await self.resolve(name)
-        self.decoding.note_request(stream)
+        """The current picture of stream ``name`` (raises StreamNotFound, SnapshotError);
+        ``request.pull_for`` may start a pull for that client."""
         request = request or SnapshotRequest()
+        stream = await self.resolve(name, request.pull_for)
+        self.decoding.note_request(stream)
         answer = await self.pm.afirstresult("on_snapshot_request", stream=stream, request=request)
         if answer is not None:
             return answer
@@ -532,11 +609,15 @@ def _bound_port(site: web.TCPSite) -> int:
 
 
 async def start_site(
-    runner: web.AppRunner, host: str, port: int, key: str, tls: ssl.SSLContext | None = None
+    app: App, runner: web.AppRunner, port: int, key: str, tls: ssl.SSLContext | None = None
 ) -> int:
-    """Listen on ``host:port`` for ``runner``; returns the bound port. A port that cannot be
-    bound cleans the runner up and raises StartupError naming the config key."""
-    site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_address=True)
+    """Listen on ``[server] host``:``port`` for ``runner``, within the app's connection limit;
+    returns the bound port. A port that cannot be bound cleans the runner up and raises
+    StartupError naming the config key."""
+    host = app.config.server.host
+    site = LimitedSite(
+        runner, app.connections, host=host, port=port, ssl_context=tls, reuse_address=True
+    )
     try:
         await site.start()
     except OSError as exc:

@@ -2,7 +2,8 @@
 
 Password hashes are self-describing strings, ``scrypt$N$r$p$SALT$HASH`` (salt and hash in
 unpadded base64), made by ``streamsnap hash-password``. Successful verifications are cached for
-a short while so that the slow hash is not paid on every request.
+a short while so that the slow hash is not paid on every request. Failed logins are counted per
+client address: beyond a few a minute, the address is refused without hashing.
 """
 
 from __future__ import annotations
@@ -10,22 +11,94 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections import Counter, OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .errors import ConfigError
 
 SCHEME = "scrypt"
-DEFAULT_N, DEFAULT_R, DEFAULT_P = 1 << 15, 8, 1  # about 32 MiB and 0.1 s per hash
+# about 128 MiB and 0.5 s per hash (OWASP's scrypt floor is N=2^17, r=8); the hashing runs in
+# its own threads, never on the event loop
+DEFAULT_N, DEFAULT_R, DEFAULT_P = 1 << 17, 8, 1
+MIN_N = 1 << 14  # configured hashes weaker than this stop the start
+_PUBLISH_SETTINGS = "([auth] publish_keys, or [auth] open_publish = true)"  # what would allow it
 CACHE_SIZE = 256
 CACHE_TTL_S = 60.0
+# An address whose logins failed this often within the window gets 429 until the oldest failure
+# leaves it: enough for a user's typos, too few for guessing.
+MAX_FAILED_LOGINS = 10
+FAILED_LOGINS_WINDOW_S = 60.0
+MAX_TRACKED_ADDRESSES = 10_000  # failures of the least recent addresses beyond are forgotten
+# Each address hashes one login at a time, so another address always finds a free thread.
+HASHING_THREADS = 2
+
+
+class LoginThrottled(Exception):
+    """An address failed to log in too often lately; ``retry_after`` is in whole seconds."""
+
+    def __init__(self, remote: str, retry_after: int) -> None:
+        super().__init__(
+            f"too many failed logins from {remote or 'this address'}: try again in {retry_after} s"
+        )
+        self.retry_after = retry_after
+
+
+class FailedLogins:
+    """Failed logins per client address within a sliding window, and one login check at a time
+    per address (a burst of guesses from one address queues behind itself, not the others)."""
+
+    def __init__(
+        self, limit: int = MAX_FAILED_LOGINS, window_s: float = FAILED_LOGINS_WINDOW_S
+    ) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: Counter[str] = Counter()
+
+    def check(self, remote: str) -> None:
+        """Raises LoginThrottled while ``remote`` has used up its failures."""
+        times = self._failures.get(remote)
+        if times is None:
+            return
+        now = time.monotonic()
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        if not times:
+            del self._failures[remote]
+        elif len(times) >= self.limit:
+            raise LoginThrottled(remote, math.ceil(times[0] + self.window_s - now))
+
+    def failed(self, remote: str) -> None:
+        self._failures.setdefault(remote, deque()).append(time.monotonic())
+        self._failures.move_to_end(remote)
+        while len(self._failures) > MAX_TRACKED_ADDRESSES:
+            self._failures.popitem(last=False)
+
+    @contextlib.asynccontextmanager
+    async def turn(self, remote: str) -> AsyncIterator[None]:
+        """Wait for ``remote``'s previous login checks; raises LoginThrottled before and after
+        waiting (those checks may have used up the last failures)."""
+        self.check(remote)
+        lock = self._locks.setdefault(remote, asyncio.Lock())
+        self._waiting[remote] += 1
+        try:
+            async with lock:
+                self.check(remote)
+                yield
+        finally:
+            self._waiting[remote] -= 1
+            if not self._waiting[remote]:
+                del self._waiting[remote], self._locks[remote]
 
 
 def _b64(raw: bytes) -> str:
@@ -84,8 +157,15 @@ def _table(value: Any, where: str, keys: tuple[str, ...]) -> tuple[str, ...]:
 class Authenticator:
     """Checks the credentials of HTTP requests, WebSocket sessions and publishers."""
 
-    def __init__(self, token: str, users: list[Mapping[str, Any]], keys: list[Mapping[str, Any]]):
+    def __init__(
+        self,
+        token: str,
+        users: list[Mapping[str, Any]],
+        keys: list[Mapping[str, Any]],
+        open_publish: bool = False,
+    ):
         self.token = token
+        self.open_publish = open_publish
         self.users: dict[str, str] = {}
         for i, entry in enumerate(users):
             name, password = _table(entry, f"[auth] users #{i + 1}", ("name", "password"))
@@ -95,12 +175,17 @@ class Authenticator:
             if ":" in name:
                 raise ConfigError(f"{where}: a user name cannot contain ':'")
             try:
-                parse_hash(password)
+                n = parse_hash(password)[0]
             except ValueError as exc:
                 raise ConfigError(
                     f"{where}: password is {exc}; plain-text passwords are refused, make a hash "
                     "with `streamsnap hash-password`"
                 ) from None
+            if n < MIN_N:
+                raise ConfigError(
+                    f"{where}: password hash uses scrypt N={n}, weaker than the minimum "
+                    f"N={MIN_N}; re-hash it with `streamsnap hash-password`"
+                )
             self.users[name] = password
         self.publish_keys: dict[str, str] = {}
         for i, entry in enumerate(keys):
@@ -112,6 +197,7 @@ class Authenticator:
         self._cache_key = secrets.token_bytes(32)
         self._dummy = ""  # what unknown user names are checked against (made on first use)
         self._hasher: ThreadPoolExecutor | None = None
+        self.logins = FailedLogins()
 
     @property
     def enabled(self) -> bool:
@@ -119,8 +205,23 @@ class Authenticator:
         return bool(self.token or self.users)
 
     # ---------------------------------------------------------------- API credentials
-    async def check_header(self, authorization: str) -> str | None:
-        """The user an ``Authorization`` header proves (``"token"`` for the bearer), or None."""
+    async def _login(self, remote: str, check: Callable[[], Awaitable[str | None]]) -> str | None:
+        """``check()``'s user, counting a None as a failed login of ``remote``; raises
+        LoginThrottled (without checking) while ``remote`` has failed too often."""
+        async with self.logins.turn(remote):
+            user = await check()
+            if user is None:
+                self.logins.failed(remote)
+            return user
+
+    async def check_header(self, authorization: str, remote: str = "") -> str | None:
+        """The user an ``Authorization`` header proves (``"token"`` for the bearer), or None.
+        Raises LoginThrottled while ``remote`` (the client's address) has failed too often."""
+        if not authorization:
+            return None
+        return await self._login(remote, lambda: self._header_user(authorization))
+
+    async def _header_user(self, authorization: str) -> str | None:
         scheme, _, value = authorization.partition(" ")
         scheme, value = scheme.lower(), value.strip()
         if scheme == "bearer" and self.token and value:
@@ -133,8 +234,14 @@ class Authenticator:
             return name if sep and await self.check_user(name, password) else None
         return None
 
-    async def check_ws_token(self, auth_token: str) -> str | None:
-        """The WCS ``authToken``: the bearer token, or ``name:password`` of a basic user."""
+    async def check_ws_token(self, auth_token: str, remote: str = "") -> str | None:
+        """The WCS ``authToken``: the bearer token, or ``name:password`` of a basic user.
+        Raises LoginThrottled while ``remote`` has failed too often."""
+        if not auth_token:
+            return None
+        return await self._login(remote, lambda: self._ws_token_user(auth_token))
+
+    async def _ws_token_user(self, auth_token: str) -> str | None:
         if self.token and hmac.compare_digest(auth_token.encode(), self.token.encode()):
             return "token"
         name, sep, password = auth_token.partition(":")
@@ -154,7 +261,7 @@ class Authenticator:
         if encoded is not None and expires is not None and expires > now:
             return True
         if self._hasher is None:
-            self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auth")
+            self._hasher = ThreadPoolExecutor(HASHING_THREADS, thread_name_prefix="auth")
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(self._hasher, self._verify, password, encoded)
         if not (ok and encoded is not None):
@@ -186,10 +293,18 @@ class Authenticator:
         return self.publish_keys.get(stream_name, self.publish_keys.get("*"))
 
     def check_publish_key(self, stream_name: str, given: str) -> str | None:
-        """None when ``given`` may publish ``stream_name``, else why not."""
+        """None when ``given`` (the stream's publish key, or the API token) may publish
+        ``stream_name``, else why not. With a token or users set, a stream without its own key
+        needs the token, unless ``[auth] open_publish``."""
+        if given and self.token and hmac.compare_digest(given.encode(), self.token.encode()):
+            return None
         key = self.key_for(stream_name)
         if key is None:
-            return None
+            if not self.enabled or self.open_publish:
+                return None
+            if given:
+                return f"wrong publish key or API token {_PUBLISH_SETTINGS}"
+            return f"publish key or API token required {_PUBLISH_SETTINGS}"
         if not given:
             return "publish key required"
         if not hmac.compare_digest(given.encode(), key.encode()):

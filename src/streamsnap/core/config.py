@@ -35,6 +35,13 @@ class ServerConfig:
     tls_key: str = ""  # PEM private key file
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_timeout_s: float = 10.0
+    # WebSocket API: browser Origins accepted ("https://app.example.com", "*" any); empty: an
+    # Origin whose host is the host the request was made to (the server's own pages)
+    allowed_origins: list[str] = field(default_factory=list)
+    # Host names accepted in the Host header besides IP literals, localhost and this machine's
+    # own names (DNS rebinding): e.g. ["snap.example.com"]
+    server_names: list[str] = field(default_factory=list)
+    plaintext: bool = True  # false: with TLS on, no plain HTTP and WebSocket ports
 
 
 @dataclass
@@ -46,6 +53,8 @@ class SnapshotConfig:
     snapshot_auto_naming: Literal["mediaSessionId", "streamName"] = "mediaSessionId"
     snapshot_auto_rate: int = 30
     snapshot_auto_retention: int = 20
+    # per-session folders kept under snapshot_auto_dir: beyond it, the oldest ended ones go
+    snapshot_auto_max_sessions: int = 100
     snapshot_auto_format: Literal["png", "jpeg", "webp"] = "png"  # beyond WCS: JPEG/WebP files
     # beyond WCS: per-stream settings, e.g. [{ name = "gate", rate = 10, format = "jpeg" }]
     snapshot_auto_streams: list[dict[str, Any]] = field(default_factory=list)
@@ -79,7 +88,7 @@ class RtmpConfig:
 class RtspConfig:
     transport: Literal["tcp", "udp"] = "tcp"  # RTP over the RTSP connection, or over UDP
     idle_timeout_s: float = 60.0  # an on-demand pull nobody used for this long is dropped
-    allowed_hosts: list[str] = field(default_factory=list)  # on-demand pulls: host patterns
+    allowed_hosts: list[str] = field(default_factory=list)  # alias of [pull] allowed_hosts
     ffmpeg: str = ""  # FFmpeg binary; empty: the one imageio-ffmpeg ships
     stall_timeout_s: float = 5.0  # no packet for this long: the camera is restarted
     connect_timeout_s: float = 10.0
@@ -94,6 +103,13 @@ class PullConfig:
     allowed_schemes: list[str] = field(
         default_factory=lambda: ["rtsp", "rtsps", "rtmp", "rtmps", "srt", "https"]
     )
+    # on-demand pulls only to these hosts: names ("cam1.lan", "*.cams.example.com"),
+    # addresses, networks ("10.0.0.0/24") or "*"; loopback, link-local, multicast and the like
+    # only when listed by address or network. Empty: no on-demand pulls.
+    allowed_hosts: list[str] = field(default_factory=list)
+    # URL query keys passed on beyond the built-in ones of each scheme (pull.QUERY_KEYS):
+    # "key" for every scheme or "scheme:key", e.g. ["rtsp:token", "srt:maxbw"]
+    allowed_query_keys: list[str] = field(default_factory=list)
     # pulled from start-up under a friendly name: [{ name = "studio", url = "rtmp://..." }]
     sources: list[dict[str, Any]] = field(default_factory=list)
 
@@ -127,13 +143,19 @@ class AuthConfig:
     # [{ name = "ops", password = "scrypt$..." }] (hashes from `streamsnap hash-password`)
     publish_keys: list[dict[str, Any]] = field(default_factory=list)  # publishers need a key:
     # [{ stream = "cam1", key = "..." }]; stream = "*" for every stream without its own
+    # with a token or users set, publishers without a key or the API credentials are refused
+    # unless this is true
+    open_publish: bool = False
 
 
 @dataclass
 class LimitsConfig:
     max_streams: int = 0  # live streams (pulls included) beyond which publishers are refused
     max_publishers_per_ip: int = 0  # live published streams per publisher address
-    max_concurrent_snapshots: int = 0  # REST and WebSocket snapshots being served at once
+    # REST and WebSocket snapshots being served at once; by default 128 per core
+    max_concurrent_snapshots: int = field(default_factory=lambda: 128 * (os.cpu_count() or 1))
+    max_connections_per_ip: int = 100  # open connections of one address, on every port
+    max_pulls_per_ip: int = 16  # on-demand pulls one client address has started
     # 0 = unlimited for each
 
 
@@ -261,6 +283,7 @@ def _validate(cfg: Config) -> None:
     positive("snapshot", "snapshot_taking_attempts")
     positive("snapshot", "snapshot_auto_rate")
     positive("snapshot", "snapshot_auto_retention")
+    positive("snapshot", "snapshot_auto_max_sessions")
     positive("snapshot", "workers", 0)
     positive("snapshot", "coalesce_ms", 0)
     positive("streams", "max_gop_packets")
@@ -275,7 +298,13 @@ def _validate(cfg: Config) -> None:
     positive("rtsp", "connect_timeout_s", 0.5)
     positive("rtsp", "backoff_max_s", 0.1)
     positive("webrtc", "max_message_bytes", 4096)
-    for key in ("max_streams", "max_publishers_per_ip", "max_concurrent_snapshots"):
+    for key in (
+        "max_streams",
+        "max_publishers_per_ip",
+        "max_concurrent_snapshots",
+        "max_connections_per_ip",
+        "max_pulls_per_ip",
+    ):
         positive("limits", key, 0)
     Authenticator(cfg.auth.token, cfg.auth.users, cfg.auth.publish_keys)  # raises ConfigError
     positive("webrtc", "idle_timeout_s", 0.5)

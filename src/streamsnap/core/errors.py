@@ -24,6 +24,16 @@ class InvalidStreamName(StreamsnapError):
     the allow-list, malformed. REST answers 400."""
 
 
+class NotAllowed(StreamsnapError):
+    """Refused by a setting that could allow it (a host not in ``[pull] allowed_hosts``, a
+    query key no allow-list names); the message names the setting. REST answers 403, or 400
+    for a malformed request (``status``)."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class StreamNameInUse(StreamsnapError):
     """A second publisher tried to take a name that is live."""
 
@@ -35,7 +45,7 @@ class SnapshotError(StreamsnapError):
 class Refused(StreamsnapError):
     """A publisher or request turned away by auth or a limit.
 
-    ``kind`` says which rule (``publish_key``, ``plugin``, ``max_streams``,
+    ``kind`` says which rule (``bad_name``, ``publish_key``, ``plugin``, ``max_streams``,
     ``max_publishers_per_ip``, ``max_concurrent_snapshots``): the ``/metrics`` label, and what
     each protocol maps to its own error (RTMP onStatus, HTTP status, WCS status).
     """

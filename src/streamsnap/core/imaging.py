@@ -33,8 +33,17 @@ def png_encoders() -> list[str]:
     return (["fpng"] if _fpng is not None else []) + ["pillow"]
 
 
+# Scaling up is cheap to ask for and costly to serve: outputs are clamped (issue "Safe by
+# default"), to the largest size within these that keeps the asked-for aspect ratio.
+MAX_UPSCALE = 2  # per side, relative to the source
+MAX_OUTPUT_SIDE = 8192
+MAX_OUTPUT_PIXELS = 7680 * 4320  # 33 Mpx
+
+
 def target_size(src_w: int, src_h: int, width: int | None, height: int | None) -> tuple[int, int]:
-    """The output size for ``?width=&height=``: one given keeps the aspect ratio; even sizes."""
+    """The output size for ``?width=&height=``: one given keeps the aspect ratio; the result
+    is silently clamped to ``MAX_UPSCALE`` times the source per side, ``MAX_OUTPUT_SIDE`` and
+    ``MAX_OUTPUT_PIXELS`` (the picture shows its real size)."""
     if not width and not height:
         return src_w, src_h
     if width and not height:
@@ -42,7 +51,17 @@ def target_size(src_w: int, src_h: int, width: int | None, height: int | None) -
     elif height and not width:
         width = round(src_w * height / src_h)
     assert width is not None and height is not None
-    return max(2, width), max(2, height)
+    width, height = max(2, width), max(2, height)
+    scale = min(
+        1.0,
+        MAX_UPSCALE * src_w / width,
+        MAX_UPSCALE * src_h / height,
+        MAX_OUTPUT_SIDE / max(width, height),
+        (MAX_OUTPUT_PIXELS / (width * height)) ** 0.5,
+    )
+    if scale < 1.0:  # rounded down, so that no limit is passed by a rounding
+        width, height = max(2, int(width * scale)), max(2, int(height * scale))
+    return width, height
 
 
 def to_rgb(frame: av.VideoFrame, width: int | None = None, height: int | None = None) -> np.ndarray:

@@ -1,18 +1,24 @@
-"""Safe file-system names for streams: a stream name never escapes its parent folder.
+"""Stream names: the rule every publisher's name follows, and safe file-system names.
 
-``../x``, ``/abs``, ``a/b``, NUL and control characters, 10 000 characters, Windows-reserved
-names and URLs with credentials all map to a readable, stable folder name. A name that had to
-change carries a short hash of the original, so two different streams never share a folder.
+``check_publish_name`` is the one rule for published names on every protocol. ``safe_name``
+maps any name (``../x``, ``/abs``, NUL, 10 000 characters, Windows-reserved names, URLs with
+credentials) to a readable, stable folder name; a name that had to change carries a short hash
+of the original, so two different streams never share a folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 
 from .supervisor import mask_credentials
 
 MAX_NAME = 96
+MAX_PUBLISH_NAME_BYTES = 255
+# control characters (C0, DEL, C1), lone surrogates, and the line and paragraph separators
+# that some log viewers break lines on
+_CONTROL_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _RESERVED = {
     "CON",
@@ -22,6 +28,20 @@ _RESERVED = {
     *(f"COM{i}" for i in range(10)),
     *(f"LPT{i}" for i in range(10)),
 }
+
+
+def check_publish_name(name: str) -> str | None:
+    """None when a publisher may use ``name``, else why not (RTMP, WHIP and WebSocket alike)."""
+    if not name:
+        return "empty stream name"
+    if "://" in name:
+        # URL names belong to sources the server pulls: a publisher must never shadow a camera
+        return "a published stream name cannot contain '://' (URL names are pulled, not published)"
+    if any(unicodedata.category(c) in _CONTROL_CATEGORIES for c in name):
+        return "a stream name cannot contain control characters"
+    if len(name.encode("utf-8")) > MAX_PUBLISH_NAME_BYTES:
+        return f"a stream name is at most {MAX_PUBLISH_NAME_BYTES} bytes (UTF-8)"
+    return None
 
 
 def _credentials_removed(name: str) -> str:

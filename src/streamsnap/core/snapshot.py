@@ -51,6 +51,9 @@ class SnapshotRequest:
     # who asks (a connection's address, a WebSocket session): a burst from many clients shares
     # one picture while it is being read; "" for unknown
     client: str = ""
+    # the client address a pull may be started for (REST POST, WebSocket); None: only live
+    # streams are served (image GETs: any web page can make a browser send one)
+    pull_for: str | None = None
 
     @property
     def key(self) -> tuple[str, int | None, int | None, int]:

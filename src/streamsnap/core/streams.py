@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import StreamNameInUse, StreamNotFound
 from .frames import FrameStore
+from .supervisor import mask_credentials
 
 Terminator = Callable[[str], Awaitable[None] | None]
 
@@ -37,6 +38,9 @@ class Stream:
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     metadata: dict[str, Any] = field(default_factory=dict)
     terminator: Terminator | None = None
+    # raises SnapshotError for a name that must not reach this stream although it is the
+    # stream's own (the pull of a camera with credentials, asked for without them)
+    check_name: Callable[[str], None] | None = None
     failure: str = ""  # why the source cannot deliver now (WCS wording), "" when fine
     last_used: float = field(default_factory=time.monotonic)  # last snapshot/find of it
     requests: deque[float] = field(default_factory=lambda: deque(maxlen=64))  # snapshot times
@@ -70,12 +74,13 @@ class Stream:
         return self.frames.frames_in > 0 or bool(self.frames.codec_name)
 
     def describe(self) -> dict[str, Any]:
-        """The WCS stream object (REST ``/stream/find``), with streamsnap's own extras."""
+        """The WCS stream object (REST ``/stream/find``), with streamsnap's own extras; a
+        pulled stream's name shows no credentials or secret query values."""
         frames = self.frames
         return {
             "appKey": self.app_name,
             "mediaSessionId": self.media_session_id,
-            "name": self.name,
+            "name": mask_credentials(self.name),
             "published": True,
             "hasVideo": self.has_video,
             "hasAudio": self.has_audio,

@@ -24,11 +24,32 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+# secret query parameters: these names, alone or as the last word of a longer one (api_key,
+# auth-token), but not names that merely contain them (pbkeylen)
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&;](?:[\w.-]*[_.-])?"
+    r"(?:passphrase|password|passwd|pass|token|access_token|key|secret|auth)=)[^&;#\s]*",
+    re.IGNORECASE,
+)
 
 
 def mask_credentials(text: str) -> str:
-    """Replace ``user:password@`` in every URL of ``text`` with ``***@``."""
-    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
+    """Replace ``user:password@`` in every URL of ``text`` with ``***@``, and the values of
+    secret query parameters (``passphrase``, ``token``, ``key``, ``password``, ...) with
+    ``***``."""
+    return _SECRET_QUERY.sub(r"\g<key>***", _CREDENTIALS.sub(r"\g<scheme>***@", text))
+
+
+class MaskSecrets(logging.Filter):
+    """A log handler filter: secrets in any URL a message carries (a stream name, a camera's
+    answer) are masked, whichever module logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_credentials(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
 
 
 @dataclass

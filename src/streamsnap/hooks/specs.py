@@ -113,14 +113,17 @@ def on_frame(stream: Stream, frame: FrameHandle, app: App) -> None:
 
 
 @_hookspec(firstresult=True)
-def resolve_stream(app: App, name: str) -> Stream | None:
+def resolve_stream(app: App, name: str, remote: str | None) -> Stream | None:
     """A stream that is not live is asked for by ``name`` (snapshot, find, play).
 
     A plugin that can provide it (e.g. by pulling the ``rtsp://`` URL the name is) starts it,
     registers it and returns it (or an awaitable of it); it may also return a live stream known
-    under another name (an alias). Raise :class:`streamsnap.core.errors.InvalidStreamName` to
-    refuse a name outright (REST answers 400). Stops at the first non-None result; return None
-    to decline.
+    under another name (an alias). ``remote`` is the address of the client that asks, or None
+    when nothing may be started for this request (image GETs, which a web page can make any
+    browser send): then only an alias of a live stream may be returned. Raise
+    :class:`streamsnap.core.errors.InvalidStreamName` to refuse a name outright (REST answers
+    400), or :class:`~streamsnap.core.errors.NotAllowed` naming the setting that would allow
+    it (403). Stops at the first non-None result; return None to decline.
     """
 
 

@@ -3,10 +3,12 @@ stream is written to ``snapshot_auto_dir/<mediaSessionId or streamName>/``.
 
 File names end in their sequence number (``cam1_00000042.png``); numbering continues when a
 stream of the same name is published again, also after a restart (the folder is the memory);
-only the newest ``snapshot_auto_retention`` numbered files of the stream stay. A file appears
-whole or not at all (temporary name, fsync, rename). Writing runs in the worker pool, never on
-the event loop; a stream whose previous snapshot is still being written skips a turn instead of
-queueing. A full or read-only disk is logged once per stream, counted, and stops nothing.
+only the newest ``snapshot_auto_retention`` numbered files of the stream stay; at most
+``snapshot_auto_max_sessions`` folders stay (the oldest of ended sessions go first). A file
+appears whole or not at all (temporary name, fsync, rename). Writing runs in the worker pool,
+never on the event loop; a stream whose previous snapshot is still being written skips a turn
+instead of queueing. A full or read-only disk is logged once per stream, counted, and stops
+nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 REMEMBERED_FOLDERS = 4096
+# what a session folder holds: numbered snapshots and their temporary files, nothing else
+SESSION_FILE = re.compile(r"^\.?.+_\d+\.(png|jpg|webp)(\.tmp)?$")
 
 
 @dataclass
@@ -104,6 +108,8 @@ class AutoSnapshotter:
             )
             target.format = "png"
         loop = asyncio.get_running_loop()
+        live = {t.folder.name for t in self.targets.values()}
+        await loop.run_in_executor(self.app.io_executor, self._make_room, target.folder, live)
         existing = await loop.run_in_executor(self.app.io_executor, self._scan, target)
         target.kept.extend(existing)
         target.next_seq = (existing[-1] + 1) if existing else 1
@@ -122,6 +128,41 @@ class AutoSnapshotter:
 
     def unpublish(self, stream: Stream) -> None:
         self.targets.pop(stream.media_session_id, None)
+
+    def _make_room(self, folder: Path, live: set[str]) -> None:
+        """Worker thread: before a new session ``folder`` is made, remove the oldest folders of
+        ended sessions beyond ``snapshot_auto_max_sessions``. A folder that holds anything but
+        snapshots is left alone: ``snapshot_auto_dir`` may hold the operator's files too."""
+        most = self.config.snapshot_auto_max_sessions
+        try:
+            if folder.exists():
+                return
+            with os.scandir(self.root) as entries:
+                folders = [e for e in entries if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return  # no snapshot_auto_dir yet: nothing to remove
+        excess = len(folders) + 1 - most
+        if excess <= 0:
+            return
+        ended = [e for e in folders if e.name not in live]
+        for entry in sorted(ended, key=_mtime):
+            if excess <= 0:
+                break
+            if _remove_session_folder(Path(entry.path)):
+                excess -= 1
+                log.info(
+                    "removed auto-snapshot folder %s of an ended session: more than "
+                    "[snapshot] snapshot_auto_max_sessions = %d folders",
+                    entry.path,
+                    most,
+                )
+        if excess > 0:
+            log.warning(
+                "%s holds more than [snapshot] snapshot_auto_max_sessions = %d folders: the "
+                "others are of live streams or hold other files",
+                self.root,
+                most,
+            )
 
     @staticmethod
     def _scan(target: Target) -> list[int]:
@@ -212,6 +253,29 @@ class AutoSnapshotter:
             old = target.kept.popleft()
             with contextlib.suppress(FileNotFoundError):
                 target.path(old).unlink()
+
+
+def _mtime(entry: os.DirEntry[str]) -> float:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _remove_session_folder(folder: Path) -> bool:
+    """Remove a folder of snapshots; False (nothing removed) if it holds anything else."""
+    try:
+        names = os.listdir(folder)
+        if not all(SESSION_FILE.match(n) for n in names):
+            return False
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / name)
+        os.rmdir(folder)
+    except OSError as exc:
+        log.warning("cannot remove auto-snapshot folder %s: %s", folder, exc.strerror or exc)
+        return False
+    return True
 
 
 def _snapshotter(app: App) -> AutoSnapshotter | None:

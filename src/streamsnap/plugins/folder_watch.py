@@ -3,7 +3,9 @@
 Watches ``snapshot_auto_dir`` and ``[folder_watch] dirs`` (files written by other processes
 too) with watchdog. A file counts once it is complete: when a writer closes it after writing,
 or when it is renamed into place (atomic writers, like streamsnap's own). Temporary and hidden
-files never count, and each file is reported once.
+files never count, and each file is reported once. A symlink that leads out of the watched
+folders (a file, or a folder on the way) is refused and logged: storage backends never upload
+what it points to.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class FolderWatcher:
             Path(app.config.snapshot.snapshot_auto_dir),
             *(Path(d) for d in app.config.folder_watch.dirs),
         ]
+        # what paths must resolve into: the watched folders themselves, symlinks resolved
+        self._real_dirs = [os.path.realpath(d) for d in self.dirs]
         self.observer = Observer()
         self._seen: OrderedDict[tuple[str, int, int], None] = OrderedDict()
         self.reported = 0
@@ -84,6 +88,14 @@ class FolderWatcher:
     def complete(self, path: str) -> None:
         """Watchdog thread: ``path`` may be a finished snapshot file."""
         if not is_snapshot_file(path):
+            return
+        real = os.path.realpath(path)
+        if not any(os.path.commonpath((real, d)) == d for d in self._real_dirs):
+            log.warning(
+                "folder watch: %s is a symlink to %s, out of the watched folders: not reported",
+                path,
+                real,
+            )
             return
         try:
             st = os.stat(path)

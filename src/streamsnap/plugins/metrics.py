@@ -15,10 +15,15 @@ from ..hooks import hookimpl
 REFUSAL_KINDS = (
     "unauthorized",
     "publish_key",
+    "bad_name",
     "plugin",
     "max_streams",
     "max_publishers_per_ip",
     "max_concurrent_snapshots",
+    "max_connections_per_ip",
+    "failed_logins",
+    "origin",
+    "host",
 )
 
 

@@ -17,7 +17,13 @@ from aiohttp import web
 
 from .._version import __version__
 from ..core.app import APP_KEY, App
-from ..core.errors import InvalidStreamName, Refused, SnapshotError, StreamNotFound
+from ..core.errors import (
+    InvalidStreamName,
+    NotAllowed,
+    Refused,
+    SnapshotError,
+    StreamNotFound,
+)
 from ..core.imaging import FORMATS
 from ..core.snapshot import SnapshotRequest
 from ..core.supervisor import mask_credentials
@@ -31,15 +37,21 @@ MAX_IMAGE_SIDE = 8192
 
 _EXCEPTIONS = {
     400: "com.flashphoner.rest.server.exception.BadRequestException",
+    403: "com.flashphoner.rest.server.exception.ForbiddenException",
     404: "com.flashphoner.rest.server.exception.NotFoundException",
     413: "com.flashphoner.rest.server.exception.BadRequestException",
+    415: "com.flashphoner.rest.server.exception.UnsupportedMediaTypeException",
+    429: "com.flashphoner.rest.server.exception.TooManyRequestsException",
     500: "com.flashphoner.rest.server.exception.InternalErrorException",
     503: "com.flashphoner.rest.server.exception.ServiceUnavailableException",
 }
 _ERRORS = {
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -64,9 +76,10 @@ def error_response(
     return web.json_response(body, status=status, headers=headers)
 
 
-def busy_response(request: web.Request, exc: Refused) -> web.Response:
-    """503 for a limit reached: try again shortly."""
-    return error_response(request, 503, str(exc), headers={"Retry-After": "1"})
+def refused_response(request: web.Request, exc: Refused) -> web.Response:
+    """A limit reached: 429 for one client's own share, else 503; try again shortly."""
+    status = 429 if exc.kind == "max_pulls_per_ip" else 503
+    return error_response(request, status, str(exc), headers={"Retry-After": "1"})
 
 
 class BadRequest(Exception):
@@ -76,7 +89,17 @@ class BadRequest(Exception):
 
 
 async def _json_body(request: web.Request, required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The request's JSON object (empty for no body); BadRequest with a precise message."""
+    """The request's JSON object (empty for no body); BadRequest with a precise message.
+
+    Every REST method needs ``Content-Type: application/json``, also without a body: a web page
+    can send any other type (a form, ``text/plain``, a body-less ``fetch``) to this server from
+    a user's browser without the browser asking the server first (CORS preflight)."""
+    if request.content_type != "application/json":
+        given = request.headers.get("Content-Type", "none")
+        raise BadRequest(
+            f"Content-Type {given} refused: REST methods need Content-Type: application/json",
+            415,
+        )
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise BadRequest(
             f"request body of {request.content_length} bytes exceeds {MAX_BODY} bytes", 413
@@ -119,15 +142,18 @@ async def snapshot(request: web.Request) -> web.Response:
         return error_response(request, exc.status, str(exc))
     name = body["streamName"]
     app = _app(request)
+    req = SnapshotRequest(source="rest", client=_client(request), pull_for=request.remote or "")
     try:
         with app.snapshot_slot(name, request.remote or ""):
-            snap = await app.snapshot(name, SnapshotRequest(source="rest", client=_client(request)))
+            snap = await app.snapshot(name, req)
     except Refused as exc:
-        return busy_response(request, exc)
+        return refused_response(request, exc)
     except StreamNotFound:
         return error_response(request, 404, "Stream not found")
     except InvalidStreamName as exc:
         return error_response(request, 400, str(exc))
+    except NotAllowed as exc:
+        return error_response(request, exc.status, str(exc))
     except SnapshotError as exc:
         log.warning("stream %s: REST snapshot failed: %s", mask_credentials(name), exc)
         return error_response(request, 500, str(exc) or "Snapshot taking error")
@@ -167,11 +193,13 @@ async def snapshot_image(request: web.Request) -> web.StreamResponse:
         with app.snapshot_slot(name, request.remote or ""):
             snap = await app.snapshot(name, req)
     except Refused as exc:
-        return busy_response(request, exc)
+        return refused_response(request, exc)
     except StreamNotFound:
         return error_response(request, 404, "Stream not found")
     except InvalidStreamName as exc:
         return error_response(request, 400, str(exc))
+    except NotAllowed as exc:
+        return error_response(request, exc.status, str(exc))
     except SnapshotError as exc:
         log.warning("stream %s: image snapshot failed: %s", mask_credentials(name), exc)
         return error_response(request, 500, str(exc) or "Snapshot taking error")
@@ -214,18 +242,29 @@ async def find(request: web.Request) -> web.Response:
         filters = _filters(await _json_body(request))
         if "name" in filters:
             with contextlib.suppress(StreamNotFound):
-                filters["name"] = (await app.resolve(filters["name"])).name
+                stream = await app.resolve(filters["name"], request.remote or "")
+                filters["name"] = stream.name
         streams = app.streams.find(**filters)
     except BadRequest as exc:
         return error_response(request, exc.status, str(exc))
     except InvalidStreamName as exc:
         return error_response(request, 400, str(exc))
+    except NotAllowed as exc:
+        return error_response(request, exc.status, str(exc))
+    except Refused as exc:
+        return refused_response(request, exc)
+    except SnapshotError as exc:
+        return error_response(request, 500, str(exc))
     if not streams:
         return error_response(request, 404, "Stream not found")
     return web.json_response([s.describe() for s in streams])
 
 
 async def find_all(request: web.Request) -> web.Response:
+    try:
+        await _json_body(request)  # no fields, but the same content rules
+    except BadRequest as exc:
+        return error_response(request, exc.status, str(exc))
     streams = list(_app(request).streams)
     if not streams:
         return error_response(request, 404, "Stream not found")
@@ -278,12 +317,16 @@ async def plugins(request: web.Request) -> web.Response:
 
 @hookimpl
 def register_routes(app: App) -> list[web.RouteDef]:
-    routes = [web.post("/rest-api/stream/snapshot", snapshot)]
-    for path, handler in (("find", find), ("find_all", find_all), ("terminate", terminate)):
-        routes += [
-            web.post(f"/rest-api/stream/{path}", handler),
-            web.get(f"/rest-api/stream/{path}", handler),
-        ]
+    # POST only: a GET is what any <img src> on any web page can make a browser send
+    routes = [
+        web.post(f"/rest-api/stream/{path}", handler)
+        for path, handler in (
+            ("snapshot", snapshot),
+            ("find", find),
+            ("find_all", find_all),
+            ("terminate", terminate),
+        )
+    ]
     routes += [
         web.get(r"/streams/{name:.+}/snapshot.{ext:png|jpg|jpeg|webp}", snapshot_image),
         web.get("/healthz", healthz),

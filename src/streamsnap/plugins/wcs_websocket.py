@@ -19,17 +19,21 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiortc import RTCPeerConnection
+from yarl import URL
 
 from ..core.app import App, start_site
+from ..core.auth import LoginThrottled
 from ..core.errors import (
     InvalidStreamName,
+    NotAllowed,
     Refused,
     SnapshotError,
     StreamNameInUse,
     StreamNotFound,
 )
+from ..core.listeners import host_of, make_runner
 from ..core.snapshot import SnapshotRequest
 from ..core.streams import Stream
 from ..core.supervisor import mask_credentials
@@ -43,6 +47,9 @@ NAME_IN_USE = "Stream name is already in use"
 NOT_FOUND = "Stream not found"
 STOPPED_BY_PUBLISHER = "Stopped by publisher stop"
 STOPPED_BY_DISCONNECT = "Stopped by session disconnect"
+
+# A socket that has not sent ``connection`` this long after opening is closed.
+CONNECTION_TIMEOUT_S = 15.0
 
 
 @dataclass(eq=False)
@@ -148,14 +155,15 @@ class WcsSession:
         payload = payload if isinstance(payload, dict) else {}
         auth = self.app.auth
         if auth.enabled:
-            self.user = await auth.check_ws_token(str(payload.get("authToken") or "")) or ""
+            token = str(payload.get("authToken") or "")
+            try:
+                self.user = await auth.check_ws_token(token, self.peer) or ""
+            except LoginThrottled as exc:
+                await self._refuse_connection("failed_logins", str(exc), 4029, str(exc))
+                return
         if auth.enabled and not self.user:
-            log.warning("websocket %s: connection refused: wrong or missing authToken", self.peer)
-            self.app.refused["unauthorized"] += 1
-            await self.send(
-                "fail", {"apiMethod": "ConnectionStatusEvent", "info": "Authentication failed"}
-            )
-            await self.ws.close(code=4001, message=b"Authentication failed")
+            reason = "wrong or missing authToken"
+            await self._refuse_connection("unauthorized", "Authentication failed", 4001, reason)
             return
         self.app_key = str(payload.get("appKey") or "defaultApp")
         self.established = True
@@ -166,6 +174,29 @@ class WcsSession:
         }
         reply.update(sessionId=self.id, authToken=self.id)
         await self.send("getUserData", reply)
+
+    async def _refuse_connection(self, kind: str, info: str, code: int, reason: str) -> None:
+        log.warning("websocket %s: connection refused: %s", self.peer, reason)
+        self.app.refused[kind] += 1
+        await self.send("fail", {"apiMethod": "ConnectionStatusEvent", "info": info})
+        await self.ws.close(code=code, message=info.encode())
+
+    async def _refuse_taken_id(self, msid: str, name: str, published: bool) -> bool:
+        """Refuse a mediaSessionId already used by a live stream or a session: clients choose
+        it, and a reused one would pass the client off as another one."""
+        if not self.api.media_session_in_use(msid):
+            return False
+        what = "publish" if published else "play"
+        log.warning(
+            "websocket %s: %s of %r refused: mediaSessionId %r is already in use",
+            self.peer,
+            what,
+            name,
+            msid,
+        )
+        info = f"mediaSessionId {msid} is already in use"
+        await self.status(msid, "FAILED", name=name, published=published, info=info)
+        return True
 
     async def on_ping(self, payload: Any) -> None:
         await self.send("pong", None)
@@ -187,6 +218,8 @@ class WcsSession:
                 published=True,
                 info="Stream name and SDP are required",
             )
+            return
+        if await self._refuse_taken_id(msid, name, published=True):
             return
         stream = self.app.new_stream(
             name,
@@ -262,10 +295,12 @@ class WcsSession:
             await self.status(msid, "FAILED", name=str(name or ""), info=NOT_FOUND)
             return
         try:
-            stream = await self.app.resolve(name)
-        except (StreamNotFound, InvalidStreamName) as exc:
+            stream = await self.app.resolve(name, self.peer)
+        except (StreamNotFound, InvalidStreamName, NotAllowed, Refused, SnapshotError) as exc:
             info = NOT_FOUND if isinstance(exc, StreamNotFound) else str(exc)
             await self.status(msid, "FAILED", name=name, info=info)
+            return
+        if await self._refuse_taken_id(msid, name, published=False):
             return
         player = Player(self, msid, stream.name)
         self.players[msid] = player
@@ -306,9 +341,9 @@ class WcsSession:
         try:
             with self.app.snapshot_slot(name, self.peer):
                 snap = await self.app.snapshot(
-                    name, SnapshotRequest(source="websocket", client=self.id)
+                    name, SnapshotRequest(source="websocket", client=self.id, pull_for=self.peer)
                 )
-        except (StreamNotFound, InvalidStreamName, SnapshotError, Refused) as exc:
+        except (StreamNotFound, InvalidStreamName, NotAllowed, SnapshotError, Refused) as exc:
             info = NOT_FOUND if isinstance(exc, StreamNotFound) else str(exc)
             log.info(
                 "websocket %s: snapshot of %s failed: %s", self.peer, mask_credentials(name), info
@@ -391,15 +426,60 @@ class WcsApi:
         for player in self.players_of(stream.name):
             await player.session._end_player(player, "STOPPED", STOPPED_BY_PUBLISHER)
 
+    def media_session_in_use(self, msid: str) -> bool:
+        return bool(self.app.streams.find(media_session_id=msid)) or any(
+            msid in s.publications or msid in s.players for s in self.sessions
+        )
+
+    def origin_refusal(self, request: web.Request) -> str | None:
+        """Why the browser page that opens this socket may not use the API, or None. Pages of
+        the host the request was made to (the server's own) and of ``[server] allowed_origins``
+        may; a client that sends no Origin is no browser page."""
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return None
+        origin = origin.strip().lower().rstrip("/")
+        allowed = {o.strip().lower().rstrip("/") for o in self.app.config.server.allowed_origins}
+        if "*" in allowed or origin in allowed:
+            return None
+        try:
+            origin_host = URL(origin).host
+        except ValueError:
+            origin_host = None
+        host = request.headers.get("Host")
+        if origin_host and host is not None and host_of(origin_host) == host_of(host):
+            return None
+        return f"Origin {origin} is not in [server] allowed_origins"
+
+    def _no_connection(self, session: WcsSession) -> None:
+        if session.established or session.ws.closed:
+            return
+        log.warning(
+            "websocket %s: no connection message within %g s: closing",
+            session.peer,
+            CONNECTION_TIMEOUT_S,
+        )
+        self.app.spawn(
+            session.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"connection expected"),
+            name="websocket-close",
+        )
+
     async def handler(self, request: web.Request) -> web.StreamResponse:
+        peer = request.remote or "?"
+        refusal = self.origin_refusal(request)
+        if refusal is not None:
+            log.warning("websocket %s: refused: %s", peer, refusal)
+            self.app.refused["origin"] += 1
+            return web.Response(status=403, text=refusal + "\n")
         ws = web.WebSocketResponse(
             max_msg_size=self.app.config.webrtc.max_message_bytes, heartbeat=30.0
         )
         await ws.prepare(request)
-        peer = request.remote or "?"
         session = WcsSession(self, ws, peer, request.path)
         self.sessions.add(session)
         log.info("websocket %s: connected (path %s)", peer, request.path)
+        loop = asyncio.get_running_loop()
+        deadline = loop.call_later(CONNECTION_TIMEOUT_S, self._no_connection, session)
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
@@ -408,22 +488,24 @@ class WcsApi:
                     log.warning("websocket %s: %s", peer, ws.exception())
                     break
         finally:
+            deadline.cancel()
             self.sessions.discard(session)
             await session.close()
             log.info("websocket %s: closed (%s)", peer, ws.close_code)
         return ws
 
     async def start(self) -> None:
-        http = web.Application()
+        http = web.Application(middlewares=[self.app.hosts.middleware])
         http.router.add_get("/{path:.*}", self.handler)
-        self._runner = web.AppRunner(http, handle_signals=False, access_log=None)
+        self._runner = make_runner(http)
         await self._runner.setup()
         srv = self.app.config.server
-        self.app.ports["ws"] = await start_site(self._runner, srv.host, srv.ws_port, "ws_port")
+        if self.app.plaintext:
+            self.app.ports["ws"] = await start_site(self.app, self._runner, srv.ws_port, "ws_port")
         tls = self.app.tls_context()
         if tls is not None:
             self.app.ports["wss"] = await start_site(
-                self._runner, srv.host, srv.wss_port, "wss_port", tls
+                self.app, self._runner, srv.wss_port, "wss_port", tls
             )
 
     async def stop(self) -> None:

@@ -3,9 +3,10 @@
 201 Created with the SDP answer (ICE candidates inline) and ``Location`` of the session
 resource; ``DELETE`` on that location ends the publish. Trickle ICE is not supported: PATCH is
 answered 405, as the RFC allows. With ``[auth] token`` or ``users`` set, requests need
-API credentials (checked for every HTTP API by the core). A stream with a publish key
-(``[auth] publish_keys``) needs it as the bearer token (``Authorization: Bearer <key>``, what
-WHIP clients send) or ``?key=``, unless the request carries API credentials.
+API credentials (checked for every HTTP API by the core), or with ``[auth] open_publish`` none
+for a stream without its own key. A stream with a publish key (``[auth] publish_keys``) needs
+it as the bearer token (``Authorization: Bearer <key>``, what WHIP clients send) or ``?key=``,
+unless the request carries API credentials. Names follow the one publish-name rule (400).
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ CORS = {
     "Access-Control-Expose-Headers": "Location, ETag, Link",
 }
 # HTTP status of each refusal: the key is a credential, limits say whether to come back later
-REFUSED_STATUS = {"publish_key": 401, "plugin": 403, "max_publishers_per_ip": 429}
+REFUSED_STATUS = {
+    "bad_name": 400,
+    "publish_key": 401,
+    "plugin": 403,
+    "max_publishers_per_ip": 429,
+}
 
 
 @dataclass(eq=False)

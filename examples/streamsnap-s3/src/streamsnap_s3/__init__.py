@@ -9,6 +9,7 @@ settings come from ``[s3]`` (see README.md), credentials also from the usual AWS
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import mimetypes
 import os
@@ -28,6 +29,18 @@ __version__ = "0.1.0"
 log = logging.getLogger("streamsnap_s3")
 
 _SEQUENCE = re.compile(r"_(\d+)\.[A-Za-z0-9]+$")
+
+
+def _read_no_follow(file: Path) -> bytes:
+    """The bytes of ``file``; a symlink is refused (it could point to any file of the host)."""
+    try:
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(f"{file} is a symlink: not uploaded") from None
+        raise
+    with open(fd, "rb") as f:
+        return f.read()
 
 
 class S3Storage:
@@ -95,7 +108,7 @@ class S3Storage:
         """Upload ``path``; retries with exponential backoff and jitter, then reports."""
         file = Path(path)
         key = self.key_for(file)
-        body = await asyncio.to_thread(file.read_bytes)
+        body = await asyncio.to_thread(_read_no_follow, file)
         seq = _SEQUENCE.search(file.name)
         metadata = {
             "stream-name": _ascii(stream.name) if stream is not None else "",

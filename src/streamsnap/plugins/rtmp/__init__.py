@@ -31,7 +31,9 @@ class RtmpServer:
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                lambda: RtmpSession(self.app, self.config, self.sessions),
+                lambda: self.app.connections.protocol(
+                    RtmpSession(self.app, self.config, self.sessions)
+                ),
                 host,
                 port,
                 reuse_address=True,
@@ -44,13 +46,16 @@ class RtmpServer:
         self._sweeper = self.app.spawn(self._sweep(), name="rtmp-timeouts")
 
     async def _sweep(self) -> None:
-        """Close connections stuck in the handshake or silent for too long (one timer for all)."""
+        """Close connections stuck in the handshake or silent for too long (one timer for all).
+        The handshake deadline counts from the connection's start: a byte now and then does not
+        hold it open."""
         while True:
             await asyncio.sleep(min(1.0, self.config.handshake_timeout_s / 2))
             now = time.monotonic()
             for session in list(self.sessions):
                 idle = now - session.last_data
-                if not session.handshake_done and idle > self.config.handshake_timeout_s:
+                age = now - session.connected_at
+                if not session.handshake_done and age > self.config.handshake_timeout_s:
                     session.close(
                         f"handshake not completed within {self.config.handshake_timeout_s:g} s",
                         logging.WARNING,

@@ -48,10 +48,10 @@ RTMP_VERSION = 3
 SERVER_WINDOW = 2_500_000
 CSID_CONTROL, CSID_COMMAND = 2, 3
 STREAM_BEGIN, STREAM_EOF, PING_REQUEST, PING_RESPONSE = 0, 1, 6, 7
-MAX_NAME_BYTES = 1024
 # onStatus codes for refused publishers; FFmpeg and OBS show the description
 REFUSED_CODES = {
     "publish_key": "NetStream.Publish.Unauthorized",
+    "bad_name": "NetStream.Publish.BadName",
     "plugin": "NetStream.Publish.Denied",
 }
 
@@ -85,7 +85,7 @@ class RtmpSession(asyncio.Protocol):
         self._peer_window = 0  # the client's Window Acknowledgement Size
         self._received = 0
         self._acked = 0
-        self.last_data = time.monotonic()
+        self.last_data = self.connected_at = time.monotonic()
         self._backlog: deque[Message] = deque()
         self._busy = False
         self._closing_reason = ""
@@ -304,15 +304,6 @@ class RtmpSession(asyncio.Protocol):
                 "this connection is already publishing",
             )
             return
-        if not name or len(name.encode()) > MAX_NAME_BYTES or any(ord(c) < 32 for c in name):
-            self._status(
-                stream_id,
-                "error",
-                "NetStream.Publish.BadName",
-                f"invalid stream name {name[:64]!r}",
-            )
-            self.close(f"refused publish of invalid name {name[:64]!r}", level=logging.WARNING)
-            return
         stream = self.app.new_stream(
             name,
             "rtmp",
@@ -325,7 +316,7 @@ class RtmpSession(asyncio.Protocol):
         self._await(self._admit(stream_id, stream, params), f"rtmp-admit:{name}")
 
     async def _admit(self, stream_id: int, stream: Stream, params: dict[str, str]) -> None:
-        """Ask the app (hook, publish key, limits) and claim the stream, or refuse."""
+        """Ask the app (name, hook, publish key, limits) and claim the stream, or refuse."""
         name = stream.name
         try:
             await self.app.admit(stream, params)
