@@ -33,7 +33,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .core.app import serve
+    from .core.runtime import serve
 
     cfg = config_mod.load(args.config)
     _setup_logging(cfg.server.log_level)

@@ -7,8 +7,6 @@ import asyncio
 import json
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import aiohttp
 import pytest
@@ -25,17 +23,10 @@ def tags(tmp_path_factory):
 
 
 def _whip(srv, name: str) -> tuple[int, str, dict[str, str]]:
-    req = urllib.request.Request(
-        srv.http + f"/whip/{name}",
-        data=b"v=0\r\n",
-        method="POST",
-        headers={"Content-Type": "application/sdp"},
+    status, raw, headers = srv.request(
+        "POST", f"/whip/{name}", b"v=0\r\n", content_type="application/sdp"
     )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read().decode(), dict(resp.headers)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(), dict(exc.headers)
+    return status, raw.decode(), headers
 
 
 async def _ws(srv, *messages: dict, replies: int = 1) -> list[dict]:

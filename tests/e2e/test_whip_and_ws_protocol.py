@@ -14,6 +14,7 @@ from PIL import Image
 
 from tests.helpers.browser import browser_available, chromium, make_y4m
 from tests.helpers.media import ffmpeg_whip
+from tests.helpers.tls import self_signed
 
 pytestmark = pytest.mark.e2e
 
@@ -233,29 +234,8 @@ def test_websocket_ten_megabyte_frame_closes_only_that_socket(webrtc_server):
 
 def test_tls_https_and_wss(make_server, tmp_path):
     import ssl
-    import subprocess
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path)
     srv = make_server(
         server={"https_port": 0, "wss_port": 0, "tls_cert": str(cert), "tls_key": str(key)}
     )

@@ -11,9 +11,7 @@ import json
 import os
 import select
 import socket
-import subprocess
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -24,6 +22,7 @@ from streamsnap.core.auth import Authenticator, LoginThrottled, hash_password
 from streamsnap.core.config import Config
 from streamsnap.plugins import wcs_websocket
 from tests.helpers.media import ffmpeg_testsrc
+from tests.helpers.tls import self_signed
 
 pytestmark = pytest.mark.e2e
 
@@ -57,28 +56,6 @@ async def ws_connection(url: str, **kwargs) -> str:
     async with aiohttp.ClientSession() as session, session.ws_connect(url, **kwargs) as ws:
         await ws.send_json({"message": "connection", "data": [{}]})
         return (await ws.receive_json(timeout=10))["message"]
-
-
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    argv = [
-        "openssl",
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]
-    subprocess.run(
-        [*argv, "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 def free_port() -> int:

@@ -107,17 +107,10 @@ def _find(srv, name: str, headers: dict[str, str]) -> bool:
 
 
 def _whip(srv, path: str) -> tuple[int, str]:
-    req = urllib.request.Request(
-        srv.http + f"/whip/{path}",
-        data=b"v=0\r\n",
-        method="POST",
-        headers={"Content-Type": "application/sdp"},
+    status, raw, _ = srv.request(
+        "POST", f"/whip/{path}", b"v=0\r\n", content_type="application/sdp"
     )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    return status, raw.decode()
 
 
 @pytest.mark.parametrize(

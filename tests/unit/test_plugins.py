@@ -52,7 +52,7 @@ def test_builtins_are_registered_by_name():
     names = {p.name for p in pm.describe()}
     assert {"rest", "rtmp", "storage_local"} <= names
     info = {p.name: p for p in pm.describe()}["rtmp"]
-    assert info.source == "built-in" and "on_startup" in info.hooks
+    assert info.source == "built-in" and "lifespan" in info.hooks
 
 
 def test_disable_and_enable_by_name():
@@ -297,6 +297,73 @@ async def test_hook_on_startup():
     app = await _app_with(("probe", Probe()))
     await app.stop()
     assert seen and seen[0]["http"] > 0
+
+
+async def test_hook_lifespan():
+    """Setups in order with state under typed keys, cleanups in reverse, and only for the
+    setups that finished; a StartupError in a setup stops the start and cleans up the others."""
+    from streamsnap import StartupError, StateKey
+
+    seen = []
+    first_key = StateKey("first", list)
+
+    class First:
+        @hookimpl
+        async def lifespan(self, app):
+            app.state[first_key] = seen
+            seen.append("first up")
+            yield
+            seen.append("first down")
+
+    class Second:
+        @hookimpl
+        async def lifespan(self, app):
+            assert app.state[first_key] is seen  # set up before, by the other plugin
+            seen.append("second up")
+            yield
+            seen.append("second down")
+
+    app = await _app_with(("first", First()), ("second", Second()))
+    # pluggy calls the last registered first: "second" was set up first here
+    ups = [s for s in seen if s.endswith("up")]
+    await app.stop()
+    downs = [s for s in seen if s.endswith("down")]
+    assert [u.split()[0] for u in ups] == [d.split()[0] for d in reversed(downs)]
+
+    seen.clear()
+
+    class Broken:
+        @hookimpl
+        async def lifespan(self, app):
+            raise StartupError("broken plugin cannot start")
+            yield  # pragma: no cover
+
+    class Fine:
+        @hookimpl
+        async def lifespan(self, app):
+            seen.append("fine up")
+            yield
+            seen.append("fine down")
+
+    # registered last: "broken" is set up first, so "fine" never is
+    with pytest.raises(StartupError, match="broken plugin"):
+        await _app_with(("fine", Fine()), ("broken", Broken()))
+    assert seen == []
+    with pytest.raises(StartupError, match="broken plugin"):
+        await _app_with(("broken", Broken()), ("fine", Fine()))
+    assert seen == ["fine up", "fine down"]
+
+
+async def test_a_plain_on_startup_raising_startup_error_stops_the_start():
+    from streamsnap import StartupError
+
+    class Probe:
+        @hookimpl
+        def on_startup(self, app):
+            raise StartupError("no licence for this plugin")
+
+    with pytest.raises(StartupError, match="no licence"):
+        await _app_with(("probe", Probe()))
 
 
 async def test_hook_on_shutdown():

@@ -8,12 +8,12 @@ import textwrap
 
 import pytest
 
-from streamsnap.core.app import GIL_SWITCH_INTERVAL_S
+from streamsnap.core.runtime import GIL_SWITCH_INTERVAL_S
 
 PROBE = textwrap.dedent(
     """
     import asyncio, gc, sys, time
-    from streamsnap.core import app, config
+    from streamsnap.core import config, runtime
 
     def collect_ms():
         t = time.perf_counter()
@@ -26,7 +26,7 @@ PROBE = textwrap.dedent(
             "snapshot": {"snapshot_auto_dir": sys.argv[1]},
         })
         stop = asyncio.Event()
-        task = asyncio.create_task(app.serve(cfg, stop))
+        task = asyncio.create_task(runtime.serve(cfg, stop))
         deadline = time.monotonic() + 15
         while not gc.get_freeze_count() and not task.done() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hmac
 import inspect
 import ipaddress
 import logging
 import os
-import signal
 import ssl
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -31,10 +27,12 @@ from .config import Config
 from .decoding import DecodePolicy
 from .errors import Refused, StartupError, StreamNotFound
 from .frames import FrameHandle, FrameStore
+from .http import error_response
 from .listeners import ConnectionLimiter, HostCheck, LimitedSite, make_runner
 from .names import check_publish_name
 from .plugins import BackendRegistry, PluginManager, make_plugin_manager
 from .snapshot import Snapshot, SnapshotRequest, SnapshotService
+from .state import State
 from .streams import Stream, StreamRegistry
 from .supervisor import mask_credentials
 
@@ -103,7 +101,8 @@ class App:
         self.decoding = DecodePolicy(self)
         self.backends = BackendRegistry()
         self.ports: dict[str, int] = {}  # what each listener really bound ("http", "rtmp", ...)
-        self.state: dict[str, Any] = {}  # what plugins own for this app, by plugin name
+        self.state = State()  # what plugins own for this app, under their StateKeys
+        self._lifespans = contextlib.AsyncExitStack()  # plugins' lifespans, cleaned up on stop
         self.web: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -172,15 +171,19 @@ class App:
             self.ports["https"] = await start_site(
                 self, self._runner, srv.https_port, "https_port", tls
             )
-        for name, result in self.pm.broadcast("on_startup", app=self):
-            if inspect.isawaitable(result):
-                try:
-                    await result
-                except StartupError:
-                    await self.stop()
-                    raise
-                except Exception:
-                    log.exception("plugin %s failed in on_startup (left out)", name)
+        try:
+            await self.pm.enter_lifespans(self._lifespans, app=self)
+            for name, result in self.pm.broadcast("on_startup", app=self):
+                if inspect.isawaitable(result):
+                    try:
+                        await result
+                    except StartupError:
+                        raise
+                    except Exception:
+                        log.exception("plugin %s failed in on_startup (left out)", name)
+        except StartupError:
+            await self.stop()
+            raise
         self.spawn(self.decoding.run(), name="decode-policy")
         warning = open_access_warning(self.config)
         if warning:
@@ -226,18 +229,8 @@ class App:
             if not request.path.startswith(PROTECTED):
                 raise
             # API paths answer in JSON, in the WCS error shape, even when no route matched
-            ts = int(time.time() * 1000)
-            body = {
-                "exception": "com.flashphoner.rest.server.exception.NotFoundException",
-                "reason": f"{exc.reason}, ts: {ts}, path: {request.path}",
-                "path": request.path,
-                "error": exc.reason,
-                "message": exc.reason,
-                "timestamp": ts,
-                "status": exc.status,
-            }
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-            return web.json_response(body, status=exc.status, headers=headers)
+            return error_response(request, exc.status, exc.reason, headers=headers)
 
     async def api_user(self, request: web.Request) -> str:
         """Who the request's API credentials prove (``"token"`` or a user name), or "".
@@ -317,7 +310,7 @@ class App:
     async def stop(self) -> None:
         timeout = self.config.server.shutdown_timeout_s
         try:
-            await asyncio.wait_for(self.pm.abroadcast("on_shutdown", app=self), timeout)
+            await asyncio.wait_for(self._stop_plugins(), timeout)
         except TimeoutError:
             log.error("plugins did not shut down within %.1f s", timeout)
         for stream in list(self.streams):
@@ -340,6 +333,11 @@ class App:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.auth.close()
         self.io_executor.shutdown(wait=True)  # files being written are finished, not cut
+
+    async def _stop_plugins(self) -> None:
+        """``on_shutdown``, then the ``lifespan`` cleanups in reverse order."""
+        await self.pm.abroadcast("on_shutdown", app=self)
+        await self._lifespans.aclose()
 
     def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task[Any]:
         """Run a background task owned by the app (kept referenced, cancelled on stop)."""
@@ -453,11 +451,6 @@ class App:
             yield
         finally:
             self.snapshots_in_flight -= 1
-
-    async def publish(self, stream: Stream) -> None:
-        """Register ``stream`` (raises StreamNameInUse) and tell the plugins."""
-        self.claim(stream)
-        await self.announce(stream)
 
     def claim(self, stream: Stream) -> None:
         """Register ``stream`` now (raises StreamNameInUse); :meth:`announce` must follow."""
@@ -626,71 +619,3 @@ async def start_site(
             f"cannot listen on {host}:{port} ({key}): {exc.strerror or exc}"
         ) from exc
     return _bound_port(site) or port
-
-
-def child_pids() -> list[int]:
-    """Pids of this process's children (FFmpeg pulls), from /proc; empty where there is none."""
-    pids: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir("/proc/self/task"):  # a child belongs to the thread that forked it
-            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-    return pids
-
-
-def _last_resort_exit(timeout: float) -> None:
-    """Shutdown thread: the loop did not finish stopping in time (a plugin or a write that never
-    returns): kill the children so none outlives the server, and exit."""
-    pids = child_pids()
-    log.error(
-        "shutdown did not finish within %.1f s ([server] shutdown_timeout_s): killing children "
-        "%s and exiting",
-        timeout,
-        pids or "-",
-    )
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    logging.shutdown()
-    os._exit(1)
-
-
-GIL_SWITCH_INTERVAL_S = 0.0002
-
-
-async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Run a server until SIGINT/SIGTERM (or ``stop`` is set)."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-            loop.add_signal_handler(sig, stop.set)
-    # Over a file size limit (ulimit -f), a write must fail with EFBIG and be handled like a
-    # full disk, not kill the server.
-    with contextlib.suppress(AttributeError, ValueError):
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    # Decoding threads release the GIL inside FFmpeg (decoding, colour conversion) and must
-    # win it back from the event loop. With Python's 5 ms switch interval a busy loop (200 requests
-    # being read) made every hand-back wait up to 5 ms: decoding a 720p GOP took 700 ms next to
-    # a busy Python thread instead of 97 ms alone; with 0.2 ms it takes 119 ms.
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    allocator.keep_picture_buffers()
-    app = App(config)
-    await app.start()
-    # Everything loaded at start-up (modules, plugins, codecs: ~70k objects) lives as long as
-    # the server: moved out of the collector's reach, a full collection no longer walks it on
-    # the event loop (33-38 ms each, measured here, stalling every request in flight).
-    gc.freeze()
-    try:
-        await stop.wait()
-    finally:
-        timeout = config.server.shutdown_timeout_s
-        log.info("shutting down (at most %.1f s)", timeout)
-        # A timer thread, not the loop: it fires even when something blocks the loop.
-        guard = threading.Timer(timeout, _last_resort_exit, (timeout,))
-        guard.daemon = True
-        guard.start()
-        started = time.monotonic()
-        await app.stop()
-        guard.cancel()
-        log.info("stopped in %.1f s", time.monotonic() - started)

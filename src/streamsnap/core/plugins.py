@@ -8,6 +8,7 @@ logged with its name and the others still run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import logging
@@ -103,6 +104,8 @@ class PluginManager(pluggy.PluginManager):
             started = time.perf_counter()
             try:
                 result = impl.function(*args)
+            except StartupError:
+                raise  # stops the start, from a plain implementation as from an async one
             except Exception as exc:
                 guard.failed(impl.plugin_name, hook_name, exc, stream)
                 continue
@@ -123,6 +126,23 @@ class PluginManager(pluggy.PluginManager):
                     continue
             out.append((name, result))
         return out
+
+    async def enter_lifespans(self, stack: contextlib.AsyncExitStack, **kwargs: Any) -> None:
+        """Run every ``lifespan`` setup (in the order broadcasts call), each registered on
+        ``stack`` so that cleanups run in reverse and only for setups that finished.
+        StartupError propagates; another failure leaves that plugin out, logged."""
+        caller = self.hook.lifespan
+        for impl in reversed(caller.get_hookimpls()):
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            args = tuple(kwargs[a] for a in impl.argnames)
+            try:
+                cm = contextlib.asynccontextmanager(impl.function)(*args)
+                await stack.enter_async_context(_Logged(cm, impl.plugin_name, self.guard))
+            except StartupError:
+                raise
+            except Exception as exc:
+                self.guard.failed(impl.plugin_name, "lifespan", exc, None)
 
     async def afirstresult(self, hook_name: str, **kwargs: Any) -> Any:
         """Call a firstresult hook: the first non-None answer wins, awaited if awaitable."""
@@ -157,6 +177,24 @@ class PluginManager(pluggy.PluginManager):
             if result is not None:
                 return result, impl.plugin_name
         return None, ""
+
+
+class _Logged:
+    """A plugin's lifespan on the exit stack: a cleanup that raises is logged with the
+    plugin's name, and the other cleanups still run."""
+
+    def __init__(self, cm: Any, name: str, guard: HookGuard) -> None:
+        self.cm, self.name, self.guard = cm, name, guard
+
+    async def __aenter__(self) -> None:
+        await self.cm.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool:
+        try:
+            await self.cm.__aexit__(None, None, None)
+        except Exception as exc:
+            self.guard.failed(self.name, "lifespan", exc, None)
+        return False
 
 
 def _entry_points() -> Iterable[Any]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from . import _hookspec
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
 
     from aiohttp import web
 
@@ -42,18 +42,35 @@ def register_routes(app: App) -> list[web.RouteDef] | None:
 
 
 @_hookspec
+def lifespan(app: App) -> AsyncIterator[None]:
+    """The plugin's life in the server, as an async generator: set up (open listeners, start
+    tasks, put what it owns into ``app.state`` under its own :class:`StateKey`), ``yield``
+    while the server runs, then clean up.
+
+    Setups run once, after the config is loaded and the HTTP server is bound, before the server
+    reports itself ready; cleanups run when it stops, in reverse order, and only for the plugins
+    whose setup finished. Raising :class:`streamsnap.StartupError` in the setup stops the start
+    (the setups already done are cleaned up); another exception is logged and the plugin left
+    out. The whole shutdown is bounded by ``[server] shutdown_timeout_s``.
+    """
+
+
+@_hookspec
 def on_startup(app: App) -> Any:
-    """The app is starting: open listeners, start background work.
+    """The app is starting (after every ``lifespan`` setup): open listeners, start background
+    work. Kept for plugins written before ``lifespan``.
 
     Fires once, after the config is loaded and the HTTP server is bound. May return an
-    awaitable, which is awaited before the server reports itself ready. A plugin that raises
-    here is logged and left out; the server still starts.
+    awaitable, which is awaited before the server reports itself ready. Raising
+    :class:`streamsnap.StartupError`, from a plain or an async implementation, stops the start;
+    another exception is logged and the plugin left out.
     """
 
 
 @_hookspec
 def on_shutdown(app: App) -> Any:
-    """The app is stopping: close listeners, stop children, finish in-flight work.
+    """The app is stopping (before the ``lifespan`` cleanups): close listeners, stop children,
+    finish in-flight work. Kept for plugins written before ``lifespan``.
 
     Fires once. May return an awaitable; the core bounds the whole shutdown with a timeout.
     """

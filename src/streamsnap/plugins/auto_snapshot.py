@@ -19,6 +19,7 @@ import logging
 import os
 import re
 from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from ..core.errors import SnapshotError, StreamNotFound
 from ..core.frames import FrameHandle
 from ..core.names import safe_name
 from ..core.snapshot import SnapshotRequest
+from ..core.state import StateKey
 from ..core.streams import Stream
 from ..hooks import hookimpl
 
@@ -278,13 +280,19 @@ def _remove_session_folder(folder: Path) -> bool:
     return True
 
 
+# the plugin's public interface: the folder watcher and /metrics read it
+AUTO_SNAPSHOT: StateKey[AutoSnapshotter] = StateKey("auto_snapshot", AutoSnapshotter)
+
+
 def _snapshotter(app: App) -> AutoSnapshotter | None:
-    return app.state.get("auto_snapshot")
+    return app.state.get(AUTO_SNAPSHOT)
 
 
 @hookimpl
-def on_startup(app: App) -> None:
-    app.state["auto_snapshot"] = AutoSnapshotter(app)
+async def lifespan(app: App) -> AsyncIterator[None]:
+    app.state[AUTO_SNAPSHOT] = AutoSnapshotter(app)
+    yield
+    app.state.pop(AUTO_SNAPSHOT)
 
 
 @hookimpl

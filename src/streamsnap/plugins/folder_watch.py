@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from watchdog.events import (
@@ -26,6 +27,7 @@ from watchdog.observers import Observer
 
 from ..core.app import App
 from ..hooks import hookimpl
+from .auto_snapshot import AUTO_SNAPSHOT
 
 log = logging.getLogger(__name__)
 
@@ -111,21 +113,17 @@ class FolderWatcher:
 
     def _report(self, path: str) -> None:
         self.reported += 1
-        snapshotter = self.app.state.get("auto_snapshot")
+        snapshotter = self.app.state.get(AUTO_SNAPSHOT)
         folder = os.path.basename(os.path.dirname(path))
         stream = snapshotter.folder_stream(folder) if snapshotter is not None else None
         self.app.spawn(self.app.snapshot_saved(stream, path), name="on_snapshot_saved")
 
 
 @hookimpl
-def on_startup(app: App) -> None:
+async def lifespan(app: App) -> AsyncIterator[None]:
     watcher = FolderWatcher(app)
     watcher.start()
-    app.state["folder_watch"] = watcher
-
-
-@hookimpl
-def on_shutdown(app: App) -> None:
-    watcher = app.state.pop("folder_watch", None)
-    if watcher is not None:
+    try:
+        yield
+    finally:
         watcher.stop()

@@ -11,6 +11,8 @@ from aiohttp import web
 from ..core.app import APP_KEY, App
 from ..core.stats import Histogram
 from ..hooks import hookimpl
+from .auto_snapshot import AUTO_SNAPSHOT
+from .pull import PULL
 
 REFUSAL_KINDS = (
     "unauthorized",
@@ -152,7 +154,7 @@ def render(app: App) -> str:
             for kind in sorted({*REFUSAL_KINDS, *app.refused})
         ],
     )
-    auto = app.state.get("auto_snapshot")
+    auto = app.state.get(AUTO_SNAPSHOT)
     if auto is not None:
         metric(
             "streamsnap_auto_snapshots_written_total",
@@ -178,7 +180,7 @@ def render(app: App) -> str:
             "Auto-snapshot files that could not be written, per live stream.",
             [(t.errors, {"stream": t.stream.name}) for t in list(auto.targets.values())],
         )
-    pulls = app.state.get("pull")
+    pulls = app.state.get(PULL)
     if pulls is not None:
         metric(
             "streamsnap_child_starts_total",

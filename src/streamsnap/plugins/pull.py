@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
@@ -39,6 +40,8 @@ from ..core.errors import (
     SnapshotError,
     StreamNameInUse,
 )
+from ..core.http import FAILURES, BadRequest, error_response, failure_response, json_body
+from ..core.state import StateKey
 from ..core.streams import Stream
 from ..core.supervisor import ChildExit, FfmpegSupervisor, SupervisorPolicy, mask_credentials
 from ..hooks import hookimpl
@@ -680,6 +683,10 @@ def _same_credentials(a: tuple[str | None, str | None], b: tuple[str | None, str
     return hmac.compare_digest(left, right) and (a[0] is None) == (b[0] is None)
 
 
+# the plugin's public interface: /metrics reads the pulls
+PULL: StateKey[PullPlugin] = StateKey("pull", PullPlugin)
+
+
 def _bundled_ffmpeg() -> str:
     import imageio_ffmpeg
 
@@ -688,22 +695,14 @@ def _bundled_ffmpeg() -> str:
 
 # ---------------------------------------------------------------- REST (WCS-style pull API)
 def _plugin(request: web.Request) -> PullPlugin | None:
-    return request.app[APP_KEY].state.get("pull")
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    from .rest import _json_body
-
-    return await _json_body(request)
+    return request.app[APP_KEY].state.get(PULL)
 
 
 async def rest_startup(request: web.Request) -> web.Response:
     """``POST /rest-api/pull/startup {"uri", "localStreamName"}``: pull until terminated."""
-    from .rest import BadRequest, error_response
-
     plugin = _plugin(request)
     try:
-        body = await _body(request)
+        body = await json_body(request)
         uri, name = body.get("uri"), body.get("localStreamName") or body.get("uri")
         if not isinstance(uri, str) or not uri or not isinstance(name, str) or not name:
             raise BadRequest("fields 'uri' and 'localStreamName' must be non-empty strings")
@@ -722,27 +721,16 @@ async def rest_startup(request: web.Request) -> web.Response:
             on_demand=False,
             target=target,
         )
-    except BadRequest as exc:
-        return error_response(request, exc.status, str(exc))
-    except InvalidStreamName as exc:
-        return error_response(request, 400, str(exc))
-    except NotAllowed as exc:
-        return error_response(request, exc.status, str(exc))
-    except Refused as exc:
-        status = 429 if exc.kind == "max_pulls_per_ip" else 503
-        return error_response(request, status, str(exc), headers={"Retry-After": "5"})
-    except SnapshotError as exc:
-        return error_response(request, 500, str(exc))
     except StreamNameInUse:
         return error_response(request, 409, "Stream name is already in use")
+    except FAILURES as exc:
+        return failure_response(request, exc)
     return web.json_response(pull.describe())
 
 
 async def rest_find_all(request: web.Request) -> web.Response:
-    from .rest import BadRequest, error_response
-
     try:
-        await _body(request)  # no fields, but the same content rules
+        await json_body(request)  # no fields, but the same content rules
     except BadRequest as exc:
         return error_response(request, exc.status, str(exc))
     plugin = _plugin(request)
@@ -754,11 +742,9 @@ async def rest_find_all(request: web.Request) -> web.Response:
 
 async def rest_terminate(request: web.Request) -> web.Response:
     """``POST /rest-api/pull/terminate {"localStreamName"}``: stop pulling."""
-    from .rest import BadRequest, error_response
-
     plugin = _plugin(request)
     try:
-        body = await _body(request)
+        body = await json_body(request)
         name = body.get("localStreamName")
         if not isinstance(name, str) or not name:
             raise BadRequest("field 'localStreamName' must be a non-empty string")
@@ -781,20 +767,16 @@ def register_routes(app: App) -> list[web.RouteDef]:
 
 
 @hookimpl
-async def on_startup(app: App) -> None:
+async def lifespan(app: App) -> AsyncIterator[None]:
     plugin = PullPlugin(app)
-    app.state["pull"] = plugin
+    app.state[PULL] = plugin
     await plugin.start()
-
-
-@hookimpl
-async def on_shutdown(app: App) -> None:
-    plugin = app.state.pop("pull", None)
-    if plugin is not None:
-        await plugin.stop()
+    yield
+    app.state.pop(PULL)
+    await plugin.stop()
 
 
 @hookimpl
 async def resolve_stream(app: App, name: str, remote: str | None) -> Any:
-    plugin = app.state.get("pull")
+    plugin = app.state.get(PULL)
     return None if plugin is None else await plugin.resolve(name, remote)

@@ -7,9 +7,7 @@ Errors use the WCS body (``exception``, ``reason``, ``path``, ``error``, ``messa
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,110 +16,25 @@ from aiohttp import web
 from .._version import __version__
 from ..core.app import APP_KEY, App
 from ..core.errors import (
-    InvalidStreamName,
-    NotAllowed,
-    Refused,
     SnapshotError,
     StreamNotFound,
 )
+from ..core.http import (
+    FAILURES,
+    BadRequest,
+    error_response,
+    failure_response,
+    json_body,
+)
 from ..core.imaging import FORMATS
-from ..core.snapshot import SnapshotRequest
+from ..core.snapshot import Snapshot, SnapshotRequest
 from ..core.supervisor import mask_credentials
 from ..hooks import hookimpl
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
 OPENAPI = Path(__file__).resolve().parent.parent / "web" / "openapi.yaml"
 MAX_IMAGE_SIDE = 8192
-
-_EXCEPTIONS = {
-    400: "com.flashphoner.rest.server.exception.BadRequestException",
-    403: "com.flashphoner.rest.server.exception.ForbiddenException",
-    404: "com.flashphoner.rest.server.exception.NotFoundException",
-    413: "com.flashphoner.rest.server.exception.BadRequestException",
-    415: "com.flashphoner.rest.server.exception.UnsupportedMediaTypeException",
-    429: "com.flashphoner.rest.server.exception.TooManyRequestsException",
-    500: "com.flashphoner.rest.server.exception.InternalErrorException",
-    503: "com.flashphoner.rest.server.exception.ServiceUnavailableException",
-}
-_ERRORS = {
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    413: "Payload Too Large",
-    415: "Unsupported Media Type",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
-
-def error_response(
-    request: web.Request, status: int, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    """A WCS-shaped error body."""
-    ts = int(time.time() * 1000)
-    exception = _EXCEPTIONS.get(status, _EXCEPTIONS[500])
-    error = _ERRORS.get(status, "Error")
-    body = {
-        "exception": exception,
-        "reason": f"{exception}, {error}, {message}, ts: {ts}, path: {request.path}",
-        "path": request.path,
-        "error": error,
-        "message": message,
-        "timestamp": ts,
-        "status": status,
-    }
-    return web.json_response(body, status=status, headers=headers)
-
-
-def refused_response(request: web.Request, exc: Refused) -> web.Response:
-    """A limit reached: 429 for one client's own share, else 503; try again shortly."""
-    status = 429 if exc.kind == "max_pulls_per_ip" else 503
-    return error_response(request, status, str(exc), headers={"Retry-After": "1"})
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-async def _json_body(request: web.Request, required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The request's JSON object (empty for no body); BadRequest with a precise message.
-
-    Every REST method needs ``Content-Type: application/json``, also without a body: a web page
-    can send any other type (a form, ``text/plain``, a body-less ``fetch``) to this server from
-    a user's browser without the browser asking the server first (CORS preflight)."""
-    if request.content_type != "application/json":
-        given = request.headers.get("Content-Type", "none")
-        raise BadRequest(
-            f"Content-Type {given} refused: REST methods need Content-Type: application/json",
-            415,
-        )
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise BadRequest(
-            f"request body of {request.content_length} bytes exceeds {MAX_BODY} bytes", 413
-        )
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise BadRequest(f"request body exceeds {MAX_BODY} bytes", 413)
-    if not raw.strip():
-        body: Any = {}
-    else:
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    for key in required:
-        if key not in body:
-            raise BadRequest(f"missing required field {key!r}")
-        if not isinstance(body[key], str) or not body[key]:
-            raise BadRequest(f"field {key!r} must be a non-empty string")
-    return body
 
 
 def _app(request: web.Request) -> App:
@@ -134,29 +47,25 @@ def _client(request: web.Request) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
 
 
+async def _snapshot(request: web.Request, name: str, req: SnapshotRequest) -> Snapshot:
+    """Take the snapshot within ``[limits] max_concurrent_snapshots``; failures are logged."""
+    app = _app(request)
+    try:
+        with app.snapshot_slot(name, request.remote or ""):
+            return await app.snapshot(name, req)
+    except SnapshotError as exc:
+        log.warning("stream %s: %s snapshot failed: %s", mask_credentials(name), req.source, exc)
+        raise
+
+
 async def snapshot(request: web.Request) -> web.Response:
     """``POST /rest-api/stream/snapshot {"streamName"}`` → ``{"data": "<base64 PNG>"}``."""
     try:
-        body = await _json_body(request, ("streamName",))
-    except BadRequest as exc:
-        return error_response(request, exc.status, str(exc))
-    name = body["streamName"]
-    app = _app(request)
-    req = SnapshotRequest(source="rest", client=_client(request), pull_for=request.remote or "")
-    try:
-        with app.snapshot_slot(name, request.remote or ""):
-            snap = await app.snapshot(name, req)
-    except Refused as exc:
-        return refused_response(request, exc)
-    except StreamNotFound:
-        return error_response(request, 404, "Stream not found")
-    except InvalidStreamName as exc:
-        return error_response(request, 400, str(exc))
-    except NotAllowed as exc:
-        return error_response(request, exc.status, str(exc))
-    except SnapshotError as exc:
-        log.warning("stream %s: REST snapshot failed: %s", mask_credentials(name), exc)
-        return error_response(request, 500, str(exc) or "Snapshot taking error")
+        body = await json_body(request, ("streamName",))
+        req = SnapshotRequest(source="rest", client=_client(request), pull_for=request.remote or "")
+        snap = await _snapshot(request, body["streamName"], req)
+    except FAILURES as exc:
+        return failure_response(request, exc)
     return web.Response(body=snap.rest_json, content_type="application/json", charset="utf-8")
 
 
@@ -186,23 +95,9 @@ async def snapshot_image(request: web.Request) -> web.StreamResponse:
             source="rest",
             client=_client(request),
         )
-    except BadRequest as exc:
-        return error_response(request, exc.status, str(exc))
-    app = _app(request)
-    try:
-        with app.snapshot_slot(name, request.remote or ""):
-            snap = await app.snapshot(name, req)
-    except Refused as exc:
-        return refused_response(request, exc)
-    except StreamNotFound:
-        return error_response(request, 404, "Stream not found")
-    except InvalidStreamName as exc:
-        return error_response(request, 400, str(exc))
-    except NotAllowed as exc:
-        return error_response(request, exc.status, str(exc))
-    except SnapshotError as exc:
-        log.warning("stream %s: image snapshot failed: %s", mask_credentials(name), exc)
-        return error_response(request, 500, str(exc) or "Snapshot taking error")
+        snap = await _snapshot(request, name, req)
+    except FAILURES as exc:
+        return failure_response(request, exc)
     return web.Response(
         body=snap.data,
         content_type=snap.content_type,
@@ -239,22 +134,14 @@ async def find(request: web.Request) -> web.Response:
     """
     app = _app(request)
     try:
-        filters = _filters(await _json_body(request))
+        filters = _filters(await json_body(request))
         if "name" in filters:
             with contextlib.suppress(StreamNotFound):
                 stream = await app.resolve(filters["name"], request.remote or "")
                 filters["name"] = stream.name
         streams = app.streams.find(**filters)
-    except BadRequest as exc:
-        return error_response(request, exc.status, str(exc))
-    except InvalidStreamName as exc:
-        return error_response(request, 400, str(exc))
-    except NotAllowed as exc:
-        return error_response(request, exc.status, str(exc))
-    except Refused as exc:
-        return refused_response(request, exc)
-    except SnapshotError as exc:
-        return error_response(request, 500, str(exc))
+    except FAILURES as exc:
+        return failure_response(request, exc)
     if not streams:
         return error_response(request, 404, "Stream not found")
     return web.json_response([s.describe() for s in streams])
@@ -262,7 +149,7 @@ async def find(request: web.Request) -> web.Response:
 
 async def find_all(request: web.Request) -> web.Response:
     try:
-        await _json_body(request)  # no fields, but the same content rules
+        await json_body(request)  # no fields, but the same content rules
     except BadRequest as exc:
         return error_response(request, exc.status, str(exc))
     streams = list(_app(request).streams)
@@ -275,7 +162,7 @@ async def terminate(request: web.Request) -> web.Response:
     """``/rest-api/stream/terminate``: end the matching streams (``{}`` ends them all)."""
     app = _app(request)
     try:
-        body = await _json_body(request)
+        body = await json_body(request)
         ids = body.get("mediaSessionIds")
         if ids is not None and (
             not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)

@@ -1,7 +1,8 @@
 """The ``local`` storage backend: copies saved snapshots into a folder tree.
 
-Configured under ``[storage_local]``: ``dir`` (target folder). It shows the contract every
-storage backend plugin follows: register a factory, get an object with ``async store()``.
+Configured under ``[local]`` (the backend's name): ``dir`` (target folder). It shows the
+contract every storage backend plugin follows: register a factory, get an object with
+``async store()``.
 Symlinks are never followed: not a snapshot that is one (it could point to any file), nor a
 folder in ``dir`` that leads out of it.
 """

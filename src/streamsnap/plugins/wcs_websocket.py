@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from ..core.errors import (
 )
 from ..core.listeners import host_of, make_runner
 from ..core.snapshot import SnapshotRequest
+from ..core.state import StateKey
 from ..core.streams import Stream
 from ..core.supervisor import mask_credentials
 from ..hooks import hookimpl
@@ -515,22 +517,21 @@ class WcsApi:
             await self._runner.cleanup()
 
 
+WCS_API: StateKey[WcsApi] = StateKey("wcs_websocket", WcsApi)
+
+
 @hookimpl
-async def on_startup(app: App) -> None:
+async def lifespan(app: App) -> AsyncIterator[None]:
     api = WcsApi(app)
-    app.state["wcs_websocket"] = api
+    app.state[WCS_API] = api
     await api.start()
-
-
-@hookimpl
-async def on_shutdown(app: App) -> None:
-    api = app.state.pop("wcs_websocket", None)
-    if api is not None:
-        await api.stop()
+    yield
+    app.state.pop(WCS_API)
+    await api.stop()
 
 
 @hookimpl
 async def on_unpublish(app: App, stream: Stream) -> None:
-    api = app.state.get("wcs_websocket")
+    api = app.state.get(WCS_API)
     if api is not None:
         await api.stream_ended(stream)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from ..core.app import APP_KEY, App
 from ..core.names import safe_name
+from ..core.state import StateKey
 from ..core.streams import Stream
 from ..hooks import hookimpl
 
@@ -80,8 +82,11 @@ class SnapshotEvents:
                 queue.put_nowait(event)
 
 
+WEB_EVENTS: StateKey[SnapshotEvents] = StateKey("web_events", SnapshotEvents)
+
+
 def _events(app: App) -> SnapshotEvents:
-    return app.state.setdefault("web_events", SnapshotEvents())
+    return app.state.setdefault(WEB_EVENTS, SnapshotEvents())
 
 
 def snapshot_url(app: App, path: str) -> str | None:
@@ -172,8 +177,9 @@ def on_snapshot_saved(stream: Stream | None, path: str, app: App) -> None:
 
 
 @hookimpl
-def on_shutdown(app: App) -> None:
-    events = app.state.get("web_events")
+async def lifespan(app: App) -> AsyncIterator[None]:
+    yield
+    events = app.state.get(WEB_EVENTS)
     if events is not None:
         for queue in list(events.queues):
             with contextlib.suppress(asyncio.QueueFull):

@@ -18,6 +18,7 @@ import fractions
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import aioice.ice
@@ -32,6 +33,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from ..core.app import App
+from ..core.state import StateKey
 from ..hooks import hookimpl
 
 if TYPE_CHECKING:
@@ -228,22 +230,22 @@ def video_codec_of(sdp: str) -> str:
     return rtpmap.group(1).lower() if rtpmap else ""
 
 
+WEBRTC: StateKey[WebRtcEngine] = StateKey("webrtc", WebRtcEngine)
+
+
 def engine(app: App) -> WebRtcEngine:
     """The app's WebRTC engine (created on first use)."""
-    eng = app.state.get("webrtc")
+    eng = app.state.get(WEBRTC)
     if eng is None:
-        eng = app.state["webrtc"] = WebRtcEngine(app)
+        eng = app.state[WEBRTC] = WebRtcEngine(app)
     return eng
 
 
 @hookimpl
-def on_startup(app: App) -> None:
+async def lifespan(app: App) -> AsyncIterator[None]:
     configure_ice(app.config.webrtc)
     engine(app)
-
-
-@hookimpl
-async def on_shutdown(app: App) -> None:
-    eng = app.state.pop("webrtc", None)
+    yield
+    eng = app.state.pop(WEBRTC)
     if eng is not None:
         await eng.close_all()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from aiortc import RTCPeerConnection
 
 from ..core.app import APP_KEY, App
 from ..core.errors import Refused, StreamNameInUse
+from ..core.state import StateKey
 from ..core.streams import Stream
 from ..hooks import hookimpl
 from . import webrtc
@@ -49,8 +51,11 @@ class WhipSession:
     pc: RTCPeerConnection | None = None
 
 
+WHIP_SESSIONS: StateKey[dict[str, WhipSession]] = StateKey("whip_sessions", dict)
+
+
 def _sessions(app: App) -> dict[str, WhipSession]:
-    return app.state.setdefault("whip_sessions", {})
+    return app.state.setdefault(WHIP_SESSIONS, {})
 
 
 def _problem(status: int, text: str) -> web.Response:
@@ -150,6 +155,7 @@ def register_routes(app: App) -> list[web.RouteDef]:
 
 
 @hookimpl
-async def on_shutdown(app: App) -> None:
+async def lifespan(app: App) -> AsyncIterator[None]:
+    yield
     for session in list(_sessions(app).values()):
         await app.terminate(session.stream, "server shutting down")

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from ...core.app import App
 from ...core.errors import StartupError
+from ...core.state import StateKey
 from ...hooks import hookimpl
 from .session import RtmpSession
 
@@ -74,15 +76,14 @@ class RtmpServer:
             await self._server.wait_closed()
 
 
+RTMP: StateKey[RtmpServer] = StateKey("rtmp", RtmpServer)
+
+
 @hookimpl
-async def on_startup(app: App) -> None:
+async def lifespan(app: App) -> AsyncIterator[None]:
     server = RtmpServer(app)
     await server.start()
-    app.state["rtmp"] = server
-
-
-@hookimpl
-async def on_shutdown(app: App) -> None:
-    server = app.state.pop("rtmp", None)
-    if server is not None:
-        await server.stop()
+    app.state[RTMP] = server
+    yield
+    app.state.pop(RTMP)
+    await server.stop()

@@ -1,0 +1,20 @@
+"""A self-signed certificate for 127.0.0.1, made with openssl at test time."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """``(cert.pem, key.pem)`` in ``folder``, valid for a day."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
