@@ -13,7 +13,7 @@ import urllib.request
 import aiohttp
 import pytest
 
-from streamsnap.core.app import PROTECTED, App
+from streamsnap.core.app import App
 from streamsnap.core.auth import hash_password
 from streamsnap.core.config import Config
 from tests.helpers.media import ffmpeg_testsrc
@@ -22,7 +22,8 @@ from tests.helpers.rtmp_client import RtmpClient, make_flv
 pytestmark = pytest.mark.e2e
 
 # Routes that stay open with auth on: the pages and what they load, health, the API description.
-# A new route must be added here deliberately, or live under a PROTECTED prefix.
+# A route a plugin declares open must be listed here deliberately; every other route is
+# protected.
 OPEN = {"/", "/config.js", "/healthz", "/openapi.yaml", "/pages", "/sdk"}
 TOKEN = "t0ken"
 USER, PASSWORD = "ops", "s3cret pass"
@@ -39,15 +40,18 @@ def _sample(path: str) -> str:
     ).replace("//", "/")
 
 
-def _routes(app: App) -> list[tuple[str, str]]:
+def _routes(app: App) -> list[tuple[str, str, bool]]:
+    """``(method, sample path, declared open)`` of every route the server has."""
     assert app.web is not None
     out = set()
     for route in app.web.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
+        is_open = app.access_of(route) == "open"
         if "prefix" in info:  # static folders
-            out.add(("GET", info["prefix"].rstrip("/") + "/x.png"))
+            out.add(("GET", info["prefix"].rstrip("/") + "/x.png", is_open))
         elif route.method not in ("HEAD", "OPTIONS"):
-            out.add((route.method, _sample(info.get("path") or info.get("formatter", ""))))
+            path = _sample(info.get("path") or info.get("formatter", ""))
+            out.add((route.method, path, is_open))
     return sorted(out)
 
 
@@ -71,10 +75,8 @@ async def test_every_protected_route_refuses_without_credentials(guarded_app):
     app = guarded_app
     base = f"http://127.0.0.1:{app.ports['http']}"
     routes = _routes(app)
-    protected = [(m, p) for m, p in routes if p.startswith(PROTECTED)]
-    escaped = [
-        (m, p) for m, p in routes if not p.startswith(PROTECTED) and p.split("/x")[0] not in OPEN
-    ]
+    protected = [(m, p) for m, p, is_open in routes if not is_open]
+    escaped = [(m, p) for m, p, is_open in routes if is_open and p.split("/x")[0] not in OPEN]
     assert not escaped, f"routes neither protected nor deliberately open: {escaped}"
     assert len(protected) >= 15 and ("POST", "/whip/x") in protected
 
@@ -106,7 +108,7 @@ async def test_every_protected_route_refuses_without_credentials(guarded_app):
                 assert (await status(session, method, path, headers))[0] != 401, (path, headers)
             sep = "&" if "?" in path else "?"
             assert (await status(session, method, f"{path}{sep}access_token={TOKEN}"))[0] != 401
-        for method, path in routes:
+        for method, path, _ in routes:
             if (method, path) not in protected:
                 assert (await status(session, method, path))[0] != 401, path
     assert app.refused["unauthorized"] == 4 * len(protected)

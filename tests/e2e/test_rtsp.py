@@ -110,11 +110,17 @@ def test_credentials_from_config_by_host(make_server, make_camera):
 
 
 def test_udp_transport(make_server, make_camera):
+    """A configured camera over UDP; one asked for by URL stays on TCP, through the relay
+    (over UDP the camera would choose where FFmpeg sends its RTP and RTCP packets)."""
     cam = make_camera()
-    srv = rtsp_server(make_server, transport="udp")
-    status, body = srv.snapshot(cam.url())
+    srv = rtsp_server(make_server, transport="udp", cameras=[{"name": "u", "url": cam.url()}])
+    status, body = srv.snapshot("u")
     assert status == 200, body
     srv.wait_log(r"-rtsp_transport udp")
+    status, body = srv.snapshot(cam.url(query="?channel=2"))
+    assert status == 200, body
+    line = srv.wait_log(r"pull rtsp://.*channel=2: started pid")
+    assert "-rtsp_transport tcp" in line
 
 
 def test_camera_not_reachable(make_server, make_camera):

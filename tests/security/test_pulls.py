@@ -371,3 +371,73 @@ def test_max_pulls_per_ip(make_server, make_camera):
         {"uri": cam.url(query="?channel=4"), "localStreamName": "c4"},
     )
     assert status == 429
+
+
+# ------------------------------------------------------------------------ found in review
+def test_rtsps_cannot_be_pulled_by_url(make_server, listener):
+    srv = make_server(pull={"allowed_hosts": ["127.0.0.1"]})
+    status, body = srv.snapshot(f"rtsps://127.0.0.1:{listener.port}/x")
+    assert status == 403 and "[[rtsp.cameras]]" in body["message"], body
+    assert listener.connections == 0
+
+
+def test_pull_startup_names_follow_the_publish_name_rule(make_server, listener):
+    srv = make_server(pull={"allowed_hosts": ["127.0.0.1"]})
+    for name in ("rtsp://cam.lan/x", "a\nb", "x" * 300):
+        status, raw, _ = srv.request(
+            "POST",
+            "/rest-api/pull/startup",
+            {"uri": f"rtsp://127.0.0.1:{listener.port}/x", "localStreamName": name},
+        )
+        assert status == 400 and "localStreamName" in json.loads(raw)["message"], raw
+    assert "started pid" not in srv.log
+
+
+def test_concurrent_requests_cannot_pass_max_pulls_per_ip(make_server, listener):
+    import concurrent.futures
+
+    srv = make_server(
+        pull={"allowed_hosts": ["127.0.0.1"]},
+        limits={"max_pulls_per_ip": 2},
+        rtsp={"connect_timeout_s": 5.0},
+        snapshot={"snapshot_taking_interval_ms": 300},
+    )
+    urls = [f"rtsp://127.0.0.1:{listener.port}/x?channel={i}" for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda u: srv.request("POST", "/rest-api/stream/find", {"name": u}), urls)
+        )
+    assert sum(a[0] == 429 for a in answers) >= 6, [a[0] for a in answers]
+
+
+def test_same_url_asked_twice_at_once_is_one_pull(make_server, make_camera):
+    import concurrent.futures
+
+    cam = make_camera()
+    srv = make_server(pull={"allowed_hosts": ["127.0.0.1"]})
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: srv.snapshot(cam.url())[0], range(4)))
+    assert answers == [200] * 4
+    assert srv.log.count("pulling on demand") == 1 and srv.log.count("started pid") == 1
+
+
+def test_credentials_without_password_are_not_the_word_none():
+    from streamsnap.plugins.pull import _same_credentials
+
+    assert not _same_credentials(("admin", None), ("admin", "None"))
+    assert _same_credentials(("admin", None), ("admin", None))
+    assert not _same_credentials((None, None), ("", None))
+
+
+def test_a_credential_rule_for_srt_needs_a_port():
+    from streamsnap.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="srt:// has no default port"):
+        CredentialRule.parse(0, {"scheme": "srt", "host": "10.0.0.1", "username": "u"})
+
+
+def test_an_address_pattern_in_allowed_hosts_allows_literal_addresses():
+    allow = hosts.HostAllowList(["10.0.0.*"], "[pull] allowed_hosts")
+    assert allow.host_may_be_tried("10.0.0.7")
+    assert allow.allows("10.0.0.7", hosts.address_of("10.0.0.7"))
+    assert not allow.host_may_be_tried("10.0.1.7")

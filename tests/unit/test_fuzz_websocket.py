@@ -13,6 +13,7 @@ from streamsnap.core.app import App
 from streamsnap.core.config import Config
 from streamsnap.core.plugins import PluginsConfig, make_plugin_manager
 from streamsnap.plugins.wcs_websocket import WcsApi, WcsSession
+from streamsnap.plugins.webrtc import WEBRTC, WebRtcEngine
 
 MESSAGES = [
     "connection",
@@ -73,6 +74,7 @@ def make_session() -> tuple[WcsSession, FakeSocket]:
     cfg = Config()
     cfg.snapshot.snapshot_taking_interval_ms = 50
     app = App(cfg, make_plugin_manager(PluginsConfig(), load_entry_points=False))
+    app.state[WEBRTC] = WebRtcEngine(app)  # what the webrtc plugin's lifespan sets up
     ws = FakeSocket()
     return WcsSession(WcsApi(app), ws, "fuzz", "/"), ws  # type: ignore[arg-type]
 

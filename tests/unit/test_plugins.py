@@ -324,11 +324,9 @@ async def test_hook_lifespan():
             seen.append("second down")
 
     app = await _app_with(("first", First()), ("second", Second()))
-    # pluggy calls the last registered first: "second" was set up first here
-    ups = [s for s in seen if s.endswith("up")]
+    assert seen == ["first up", "second up"]  # registration order
     await app.stop()
-    downs = [s for s in seen if s.endswith("down")]
-    assert [u.split()[0] for u in ups] == [d.split()[0] for d in reversed(downs)]
+    assert seen == ["first up", "second up", "second down", "first down"]
 
     seen.clear()
 
@@ -345,13 +343,12 @@ async def test_hook_lifespan():
             yield
             seen.append("fine down")
 
-    # registered last: "broken" is set up first, so "fine" never is
-    with pytest.raises(StartupError, match="broken plugin"):
-        await _app_with(("fine", Fine()), ("broken", Broken()))
-    assert seen == []
     with pytest.raises(StartupError, match="broken plugin"):
         await _app_with(("broken", Broken()), ("fine", Fine()))
-    assert seen == ["fine up", "fine down"]
+    assert seen == []  # set up after the broken one: never
+    with pytest.raises(StartupError, match="broken plugin"):
+        await _app_with(("fine", Fine()), ("broken", Broken()))
+    assert seen == ["fine up", "fine down"]  # set up before it: cleaned up
 
 
 async def test_a_plain_on_startup_raising_startup_error_stops_the_start():
@@ -364,6 +361,37 @@ async def test_a_plain_on_startup_raising_startup_error_stops_the_start():
 
     with pytest.raises(StartupError, match="no licence"):
         await _app_with(("probe", Probe()))
+
+
+async def test_hook_make_stream_registry():
+    """A plugin's registry is the one the app uses: its claim decides, its local view serves."""
+    from streamsnap.core.errors import StreamNameInUse
+    from streamsnap.core.streams import MemoryRegistry
+
+    claims = []
+
+    class Shared(MemoryRegistry):
+        async def claim(self, stream):
+            if stream.name == "held-elsewhere":  # as another node would hold it
+                raise StreamNameInUse("held by node b")
+            claims.append(stream.name)
+            await super().claim(stream)
+
+    class Probe:
+        @hookimpl
+        def make_stream_registry(self, app):
+            return Shared()
+
+    app = await _app_with(("probe", Probe()))
+    try:
+        assert isinstance(app.streams, Shared)
+        await app.admit(app.new_stream("cam1", "rtmp"), {})
+        assert claims == ["cam1"] and app.streams.lookup("cam1") is not None
+        with pytest.raises(StreamNameInUse, match="node b"):
+            await app.admit(app.new_stream("held-elsewhere", "rtmp"), {})
+        assert app.streams.lookup("held-elsewhere") is None
+    finally:
+        await app.stop()
 
 
 async def test_hook_on_shutdown():
@@ -534,3 +562,20 @@ async def test_hook_authorize_publish(flv):
     assert calls[1][2:] == ("127.0.0.1", "k1") and calls[2][3] is None
     assert calls[5][3] == "k1"  # the WHIP bearer token is the key
     assert app.refused == {"publish_key": 1, "plugin": 4}
+
+
+async def test_webrtc_left_out_stops_whip_and_the_websocket_api_naming_it():
+    """WHIP and the WebSocket API run on the webrtc plugin's engine: without it they would
+    run with its settings ([webrtc] ice_addresses) silently ignored."""
+    from streamsnap import StartupError
+
+    for config in (PluginsConfig(disabled=["webrtc"]), PluginsConfig(enabled=["rest", "whip"])):
+        pm = make_plugin_manager(config, load_entry_points=False)
+        with pytest.raises(StartupError, match=r"needs the 'webrtc' plugin.*enable webrtc"):
+            await App(_config(), pm).start()
+    pm = make_plugin_manager(
+        PluginsConfig(disabled=["webrtc", "whip", "wcs_websocket"]), load_entry_points=False
+    )
+    app = App(_config(), pm)
+    await app.start()
+    await app.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import inspect
 import ipaddress
 import logging
@@ -27,28 +26,16 @@ from .config import Config
 from .decoding import DecodePolicy
 from .errors import Refused, StartupError, StreamNotFound
 from .frames import FrameHandle, FrameStore
-from .http import error_response
+from .http import Guard, Route, error_response
 from .listeners import ConnectionLimiter, HostCheck, LimitedSite, make_runner
 from .names import check_publish_name
 from .plugins import BackendRegistry, PluginManager, make_plugin_manager
 from .snapshot import Snapshot, SnapshotRequest, SnapshotService
 from .state import State
-from .streams import Stream, StreamRegistry
+from .streams import MemoryRegistry, Stream, StreamRegistry
 from .supervisor import mask_credentials
 
 log = logging.getLogger(__name__)
-
-# HTTP paths that [auth] token and users protect; pages, /healthz and /openapi.yaml stay open
-PROTECTED = (
-    "/rest-api/",
-    "/whip/",
-    "/metrics",
-    "/streams/",
-    "/plugins",
-    "/snapshots/",
-    "/events/",
-    "/gallery.json",
-)
 
 APP_KEY: web.AppKey[App] = web.AppKey("streamsnap_app", object)  # type: ignore[arg-type]
 API_USER: web.RequestKey[str] = web.RequestKey("streamsnap_api_user", str)  # who they proved
@@ -90,7 +77,7 @@ class App:
     def __init__(self, config: Config, pm: PluginManager | None = None) -> None:
         self.config = config
         self.pm = pm if pm is not None else make_plugin_manager(config.plugins)
-        self.streams = StreamRegistry()
+        self.streams = self._make_registry()
         workers = config.snapshot.workers or max(1, os.cpu_count() or 1)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshot")
         # File writes wait on the disk (fsync), not the CPU: they get their own threads so a
@@ -101,6 +88,8 @@ class App:
         self.decoding = DecodePolicy(self)
         self.backends = BackendRegistry()
         self.ports: dict[str, int] = {}  # what each listener really bound ("http", "rtmp", ...)
+        self._access: dict[Any, str | Guard] = {}  # route -> its declared access
+        self._api_prefixes: set[str] = set()  # first path segments of API routes
         self.state = State()  # what plugins own for this app, under their StateKeys
         self._lifespans = contextlib.AsyncExitStack()  # plugins' lifespans, cleaned up on stop
         self.web: web.Application | None = None
@@ -119,6 +108,22 @@ class App:
         self.snapshots_in_flight = 0  # REST and WebSocket snapshots being served
         self.pm.guard.spawn = lambda coro, name: self.spawn(coro, name=name)
         self.ended: Counter[tuple[str, str]] = Counter()  # (protocol, reason) -> streams ended
+
+    def _make_registry(self) -> StreamRegistry:
+        """The registry a plugin provides (``make_stream_registry``), else the in-memory one."""
+        try:
+            registry = self.pm.hook.make_stream_registry(app=self)
+        except StartupError:
+            raise
+        except Exception as exc:
+            raise StartupError(f"make_stream_registry failed: {exc}") from exc
+        if registry is None:
+            return MemoryRegistry()
+        if not isinstance(registry, StreamRegistry):
+            raise StartupError(
+                f"make_stream_registry returned {type(registry).__name__}, not a StreamRegistry"
+            )
+        return registry
 
     def _warn_unknown_sections(self) -> None:
         known = {name for name, _ in self.pm.list_name_plugin()} | set(self.backends.factories)
@@ -153,7 +158,7 @@ class App:
         self.web[APP_KEY] = self
         for name, routes in self.pm.broadcast("register_routes", app=self):
             try:
-                self.web.add_routes(routes or [])
+                self._add_routes(routes or [])
             except Exception as exc:
                 raise StartupError(f"plugin {name!r} contributed bad routes: {exc}") from exc
         srv = self.config.server
@@ -190,6 +195,36 @@ class App:
             log.warning("%s", warning)
         log.info("streamsnap ready: %s", ", ".join(f"{k}={v}" for k, v in self.ports.items()))
 
+    def _add_routes(self, routes: list[Any]) -> None:
+        """Add a plugin's routes, remembering the access each declares (``Route``; a plain
+        route definition needs API credentials) and the first path segment of those that need
+        them: an unmatched request under it is an API request too (credentials, then a WCS
+        error body)."""
+        assert self.web is not None
+        for item in routes:
+            route = item if isinstance(item, Route) else Route(item)
+            for added in self.web.add_routes([route.definition]):
+                self._access[added] = route.access  # per route: a resource has several methods
+                if added.resource is None:
+                    continue
+                for twin in added.resource:  # the HEAD route aiohttp adds beside a GET
+                    if twin.method == "HEAD" and twin.handler is added.handler:
+                        self._access[twin] = route.access
+                if route.access != "open":
+                    self._api_prefixes.add(_first_segment(added.resource.canonical))
+
+    def route_access(self, request: web.Request) -> str | Guard:
+        """The access of the route ``request`` matched: ``"open"``, ``"api"`` or a guard;
+        an unmatched request is ``"api"`` under an API route's first segment, else open."""
+        route = request.match_info.route
+        if route in self._access:
+            return self._access[route]
+        return "api" if _first_segment(request.path) in self._api_prefixes else "open"
+
+    def access_of(self, route: web.AbstractRoute) -> str | Guard:
+        """The access a plugin declared for one of its routes."""
+        return self._access.get(route, "api")
+
     @property
     def plaintext(self) -> bool:
         """Are the plain HTTP and WebSocket ports open? ``[server] plaintext = false`` closes
@@ -215,18 +250,21 @@ class App:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """With ``[auth] token`` or ``users``: the APIs (not the pages) need credentials."""
-        if self.auth.enabled and request.method != "OPTIONS" and request.path.startswith(PROTECTED):
-            given = _credentials(request)
-            try:
-                user = await self.api_user(request)
-            except LoginThrottled as exc:
-                return self._throttled(request, exc)
-            if not user and not self._whip_publisher(request, given):
-                return self._unauthorized(request, bool(given))
+        access = self.route_access(request)
+        if self.auth.enabled and request.method != "OPTIONS" and access != "open":
+            if callable(access) and access(request):
+                request[API_USER] = ""  # let in by the route's own rule, not as an API user
+            else:
+                try:
+                    user = await self.api_user(request)
+                except LoginThrottled as exc:
+                    return self._throttled(request, exc)
+                if not user:
+                    return self._unauthorized(request, bool(_credentials(request)))
         try:
             return await handler(request)
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
-            if not request.path.startswith(PROTECTED):
+            if access == "open":
                 raise
             # API paths answer in JSON, in the WCS error shape, even when no route matched
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
@@ -239,34 +277,9 @@ class App:
             return ""
         if API_USER not in request:  # checked once per request, however many ask
             given = _credentials(request)
-            if self._whip_key(request, given):  # a publish key, not a (failed) login
-                request[API_USER] = ""
-            else:
-                user = await self.auth.check_header(given, request.remote or "")
-                request[API_USER] = user or ""
+            user = await self.auth.check_header(given, request.remote or "")
+            request[API_USER] = user or ""
         return request[API_USER]
-
-    def _whip_key(self, request: web.Request, given: str) -> bool:
-        """Does this WHIP request carry the publish key of its stream (as the bearer token or
-        ``?key=``)?"""
-        name = request.match_info.get("name")
-        key = self.auth.key_for(name) if name and request.path.startswith("/whip/") else None
-        if key is None:
-            return False
-        scheme, _, value = given.partition(" ")
-        offered = value.strip() if scheme.lower() == "bearer" else request.query.get("key", "")
-        return hmac.compare_digest(offered.encode(), key.encode())
-
-    def _whip_publisher(self, request: web.Request, given: str) -> bool:
-        """A WHIP request that carries the publish key of its stream may pass, and with
-        ``[auth] open_publish`` one for a stream without a key of its own; the WHIP plugin checks
-        again when it decides the publish."""
-        if self._whip_key(request, given):
-            return True
-        name = request.match_info.get("name")
-        return bool(name and request.path.startswith("/whip/")) and (
-            self.auth.key_for(name) is None and self.auth.open_publish
-        )
 
     def _throttled(self, request: web.Request, exc: LoginThrottled) -> web.Response:
         log.warning("http %s %s from %s: %s", request.method, request.path, request.remote, exc)
@@ -385,7 +398,7 @@ class App:
             if most and ip and sum(s.remote_ip == ip for s in self.streams) >= most:
                 message = f"{ip} already publishes {most} streams (the limit per address)"
                 raise self._refuse(stream, Refused("max_publishers_per_ip", message))
-        self.claim(stream)
+        await self.claim(stream)
 
     def check_capacity(self, stream: Stream) -> None:
         """``[limits] max_streams``, for publishers and pulls alike (raises :class:`Refused`)."""
@@ -452,9 +465,9 @@ class App:
         finally:
             self.snapshots_in_flight -= 1
 
-    def claim(self, stream: Stream) -> None:
+    async def claim(self, stream: Stream) -> None:
         """Register ``stream`` now (raises StreamNameInUse); :meth:`announce` must follow."""
-        self.streams.add(stream)
+        await self.streams.claim(stream)
         log.info(
             "stream %s: published over %s from %s (mediaSessionId %s)",
             stream.name,
@@ -468,7 +481,7 @@ class App:
         await self.pm.abroadcast("on_publish", stream=stream, app=self)
 
     async def unpublish(self, stream: Stream, reason: str = "") -> None:
-        if not self.streams.remove(stream):
+        if not await self.streams.release(stream):
             return
         stream.status = "UNPUBLISHED"
         self.ended[stream.protocol, _reason_kind(reason or "publisher left")] += 1
@@ -588,6 +601,11 @@ class App:
             await backend.store(stream, path)
         except Exception:
             log.exception("storage backend %s failed to store %s", name, path)
+
+
+def _first_segment(path: str) -> str:
+    """``/rest-api`` of ``/rest-api/stream/find``; ``/metrics`` of ``/metrics``."""
+    return "/" + path.lstrip("/").split("/", 1)[0]
 
 
 def _reason_kind(reason: str) -> str:

@@ -86,10 +86,10 @@ class HostAllowList:
     def host_may_be_tried(self, host: str) -> bool:
         """Could ``host`` be allowed at all (before resolving it)? A name nothing lists is
         refused without a DNS look-up."""
+        if self.any or any(name_matches(p, host) for p in self.names):  # "10.0.0.*" too
+            return True
         addr = address_of(host)
-        if addr is not None:
-            return self.any or self.listed(addr)
-        return self.any or any(name_matches(p, host) for p in self.names) or bool(self.networks)
+        return self.listed(addr) if addr is not None else bool(self.networks)
 
     def allows(self, host: str, addr: Address) -> bool:
         """May a connection to ``addr``, which ``host`` resolved to, be made?"""

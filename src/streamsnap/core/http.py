@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +18,31 @@ from aiohttp import web
 from .errors import InvalidStreamName, NotAllowed, Refused, SnapshotError, StreamNotFound
 
 MAX_BODY = 64 * 1024
+
+# Who may use a route when [auth] is on: a plugin says so where it registers the route.
+Guard = Callable[[web.Request], bool]  # True: this request may pass without API credentials
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route a plugin contributes with its access: ``"api"`` (API credentials when
+    ``[auth]`` is on: the default for every route a plugin returns plainly), ``"open"`` (pages,
+    health), or a guard that lets some requests pass on their own terms (a WHIP publisher's
+    stream key) and leaves the others to the API credentials."""
+
+    definition: web.AbstractRouteDef
+    access: str | Guard = "api"
+
+
+def open_route(definition: web.AbstractRouteDef) -> Route:
+    """``definition`` served without credentials, also when ``[auth]`` is on."""
+    return Route(definition, "open")
+
+
+def guarded_route(definition: web.AbstractRouteDef, guard: Guard) -> Route:
+    """``definition`` open to the requests ``guard`` accepts, else to API credentials."""
+    return Route(definition, guard)
+
 
 _EXCEPTIONS = {
     400: "com.flashphoner.rest.server.exception.BadRequestException",

@@ -33,10 +33,11 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "streamsnap"
 
 # Every built-in feature, registered exactly like a third-party plugin; the name is the last part.
+# Lifespans are set up in this order and cleaned up in reverse: what consumes streams (files,
+# the engine the WebRTC doors use) before what brings them in (RTMP, pulls: configured cameras
+# publish during their setup), and at shutdown the sources stop first.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "streamsnap.plugins.rest",
-    "streamsnap.plugins.rtmp",
-    "streamsnap.plugins.pull",
     "streamsnap.plugins.storage_local",
     "streamsnap.plugins.auto_snapshot",
     "streamsnap.plugins.folder_watch",
@@ -45,6 +46,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "streamsnap.plugins.wcs_websocket",
     "streamsnap.plugins.whip",
     "streamsnap.plugins.web",
+    "streamsnap.plugins.rtmp",
+    "streamsnap.plugins.pull",
 )
 
 
@@ -128,11 +131,12 @@ class PluginManager(pluggy.PluginManager):
         return out
 
     async def enter_lifespans(self, stack: contextlib.AsyncExitStack, **kwargs: Any) -> None:
-        """Run every ``lifespan`` setup (in the order broadcasts call), each registered on
-        ``stack`` so that cleanups run in reverse and only for setups that finished.
-        StartupError propagates; another failure leaves that plugin out, logged."""
+        """Run every ``lifespan`` setup in registration order (built-ins, then installed
+        plugins: a plugin finds what those before it set up), each registered on ``stack`` so
+        that cleanups run in reverse and only for setups that finished. StartupError
+        propagates; another failure leaves that plugin out, logged."""
         caller = self.hook.lifespan
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():
             if impl.hookwrapper or impl.wrapper:
                 continue
             args = tuple(kwargs[a] for a in impl.argnames)

@@ -2,13 +2,15 @@
 
 A :class:`Stream` is one publish session of a name: a new ``media_session_id`` every time a
 publisher (RTMP encoder, browser, camera pull) starts. A second publisher of a live name is
-refused.
+refused. :class:`StreamRegistry` is the interface the core uses; :class:`MemoryRegistry` the
+default.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -107,8 +109,78 @@ class Stream:
         return f"Stream({self.name!r}, {self.protocol}, {self.media_session_id})"
 
 
-class StreamRegistry:
-    """Live streams by name. Not thread-safe: used from the event loop only."""
+class StreamRegistry(ABC):
+    """Which streams are live and who holds each name: the interface the core depends on.
+
+    :class:`MemoryRegistry` (one server) is the default; a plugin may provide another through
+    the ``make_stream_registry`` hook, e.g. one shared by several nodes, whose :meth:`claim`
+    asks the others. The local view (``add``, ``remove``, ``get``, ``lookup``, ``list``) is
+    what this server holds, used from the event loop only, synchronously: the hot paths
+    (a snapshot's name, the ``find`` filters) never wait on a network.
+    """
+
+    @abstractmethod
+    def add(self, stream: Stream) -> None:
+        """Hold ``stream`` here; raises StreamNameInUse when its name is live here."""
+
+    @abstractmethod
+    def remove(self, stream: Stream) -> bool:
+        """Forget this publish session (a newer one of the same name is left alone); whether
+        it was held."""
+
+    @abstractmethod
+    def lookup(self, name: str) -> Stream | None:
+        """The live stream ``name`` held here, or None."""
+
+    @abstractmethod
+    def list(self) -> list[Stream]:
+        """Every stream held here."""
+
+    async def claim(self, stream: Stream) -> None:
+        """Take ``stream``'s name for it and hold it (raises StreamNameInUse); a shared
+        registry refuses a name live elsewhere too."""
+        self.add(stream)
+
+    async def release(self, stream: Stream) -> bool:
+        """Give the name of this publish session back; whether it was held."""
+        return self.remove(stream)
+
+    def get(self, name: str) -> Stream:
+        stream = self.lookup(name)
+        if stream is None:
+            raise StreamNotFound(f"stream {name!r} not found")
+        return stream
+
+    def find(
+        self,
+        name: str | None = None,
+        media_session_id: str | None = None,
+        published: bool | None = None,
+        status: str | None = None,
+    ) -> list[Stream]:
+        """Streams matching every filter given (WCS ``/stream/find`` semantics)."""
+        out = []
+        for stream in self.list():
+            if name is not None and stream.name != name:
+                continue
+            if media_session_id is not None and stream.media_session_id != media_session_id:
+                continue
+            if published is False:  # registry holds published streams only
+                continue
+            if status is not None and stream.status != status:
+                continue
+            out.append(stream)
+        return out
+
+    def __iter__(self) -> Iterator[Stream]:
+        return iter(self.list())
+
+    def __len__(self) -> int:
+        return len(self.list())
+
+
+class MemoryRegistry(StreamRegistry):
+    """Live streams of this server by name, in memory: the default registry."""
 
     def __init__(self) -> None:
         self._by_name: dict[str, Stream] = {}
@@ -123,44 +195,16 @@ class StreamRegistry:
         self._by_name[stream.name] = stream
 
     def remove(self, stream: Stream) -> bool:
-        """Remove this publish session; a newer session of the same name is left alone."""
         if self._by_name.get(stream.name) is stream:
             del self._by_name[stream.name]
             return True
         return False
 
-    def get(self, name: str) -> Stream:
-        try:
-            return self._by_name[name]
-        except KeyError:
-            raise StreamNotFound(f"stream {name!r} not found") from None
-
     def lookup(self, name: str) -> Stream | None:
         return self._by_name.get(name)
 
-    def find(
-        self,
-        name: str | None = None,
-        media_session_id: str | None = None,
-        published: bool | None = None,
-        status: str | None = None,
-    ) -> list[Stream]:
-        """Streams matching every filter given (WCS ``/stream/find`` semantics)."""
-        out = []
-        for stream in self._by_name.values():
-            if name is not None and stream.name != name:
-                continue
-            if media_session_id is not None and stream.media_session_id != media_session_id:
-                continue
-            if published is False:  # registry holds published streams only
-                continue
-            if status is not None and stream.status != status:
-                continue
-            out.append(stream)
-        return out
-
-    def __iter__(self) -> Iterator[Stream]:
-        return iter(list(self._by_name.values()))
+    def list(self) -> list[Stream]:
+        return list(self._by_name.values())
 
     def __len__(self) -> int:
         return len(self._by_name)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..core.app import App
     from ..core.frames import FrameHandle
     from ..core.snapshot import Snapshot, SnapshotRequest
-    from ..core.streams import Stream
+    from ..core.streams import Stream, StreamRegistry
 
 
 @_hookspec
@@ -29,6 +29,18 @@ def register_storage_backends(register: Callable[[str, Callable[..., Any]], None
     Fires once while the app is built. ``factory(config: dict)`` must return an object with an
     async ``store(stream, path)`` method. Names must be unique; a duplicate is refused with an
     error naming both plugins.
+    """
+
+
+@_hookspec(firstresult=True)
+def make_stream_registry(app: App) -> StreamRegistry | None:
+    """Provide the stream registry of ``app`` instead of the in-memory one (e.g. a registry
+    shared by the nodes of a cluster).
+
+    Fires once, while the app is built, before any plugin starts. Return a
+    :class:`streamsnap.core.streams.StreamRegistry`, or None to leave the default. Stops at the
+    first non-None result. A registry that cannot be made stops the start (raise
+    :class:`streamsnap.StartupError` with a message naming what is wrong).
     """
 
 
@@ -47,11 +59,12 @@ def lifespan(app: App) -> AsyncIterator[None]:
     tasks, put what it owns into ``app.state`` under its own :class:`StateKey`), ``yield``
     while the server runs, then clean up.
 
-    Setups run once, after the config is loaded and the HTTP server is bound, before the server
-    reports itself ready; cleanups run when it stops, in reverse order, and only for the plugins
-    whose setup finished. Raising :class:`streamsnap.StartupError` in the setup stops the start
-    (the setups already done are cleaned up); another exception is logged and the plugin left
-    out. The whole shutdown is bounded by ``[server] shutdown_timeout_s``.
+    Setups run once, in plugin order (built-ins, then installed plugins), after the config is
+    loaded and the HTTP server is bound, before the server reports itself ready; cleanups run
+    when it stops, in reverse order, and only for the plugins whose setup finished. Raising
+    :class:`streamsnap.StartupError` in the setup stops the start (the setups already done are
+    cleaned up); another exception is logged and the plugin left out. The whole shutdown is
+    bounded by ``[server] shutdown_timeout_s``.
     """
 
 

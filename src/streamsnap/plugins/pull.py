@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ from ..core.errors import (
     StreamNameInUse,
 )
 from ..core.http import FAILURES, BadRequest, error_response, failure_response, json_body
+from ..core.names import check_publish_name
 from ..core.state import StateKey
 from ..core.streams import Stream
 from ..core.supervisor import ChildExit, FfmpegSupervisor, SupervisorPolicy, mask_credentials
@@ -268,6 +270,8 @@ class CredentialRule:
         port = entry.get("port")
         if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
             raise ConfigError(f"{where} port = {port!r}: must be an integer")
+        if port is None and scheme not in DEFAULT_PORTS:
+            raise ConfigError(f"{where}: {scheme}:// has no default port: give the port")
         network = None
         with contextlib.suppress(ValueError):
             network = ipaddress.ip_network(host.strip().strip("[]"), strict=False)
@@ -365,6 +369,8 @@ class Pull:
                 opts.update(max_redirects=0)  # a redirect could point anywhere
         else:
             opts.update(rw_timeout=timeout_us)
+        if self.url.scheme in TLS_SCHEMES and not self.target.trusted:
+            opts.update(tls_verify=1)  # the certificate stands in for the address check
         if self.url.scheme.startswith("rtmp") and self.target.address is not None:
             opts.update(rtmp_tcurl=self.url.public.rsplit("/", 1)[0])  # the name, for vhosts
         return opts
@@ -486,6 +492,7 @@ class PullPlugin:
         self.config = app.config
         self.ffmpeg = app.config.rtsp.ffmpeg or _bundled_ffmpeg()
         self.cameras: dict[str, Pull] = {}  # by stream name
+        self._admitting: Counter[str] = Counter()  # pulls being admitted, by client address
         self._sweeper: asyncio.Task[None] | None = None
         self.allowed = hosts.HostAllowList(
             [*app.config.pull.allowed_hosts, *app.config.rtsp.allowed_hosts], ALLOWED_HOSTS
@@ -544,7 +551,7 @@ class PullPlugin:
         pull = Pull(self.app, self, name, url, transport, on_demand, target)
         if self.app.streams.lookup(name) is None:  # else claim() names the real problem
             self.app.check_capacity(pull.stream)
-        self.app.claim(pull.stream)  # raises StreamNameInUse before anything starts
+        await self.app.claim(pull.stream)  # raises StreamNameInUse before anything starts
         self.cameras[name] = pull
         if target.address is not None and url.scheme == "rtsp":
             port = url.effective_port or 554
@@ -586,23 +593,51 @@ class PullPlugin:
             return existing.stream
         if remote is None:
             return None
-        target = await self.admit(url, remote)
-        log.info("stream %s: pulling on demand for %s", url.public, remote or "-")
-        pull = await self.start_pull(
-            url.public,
-            self.with_credentials(url, target.address),
-            self.config.rtsp.transport,
-            on_demand=True,
-            target=target,
-        )
+        async with self._admission(remote):
+            target = await self.admit(url, remote)
+            existing = self.running(url)  # asked for twice at once: the first one started it
+            if existing is not None:
+                existing.check_credentials(url)
+                return existing.stream
+            log.info("stream %s: pulling on demand for %s", url.public, remote or "-")
+            pull = await self.start_pull(
+                url.public,
+                self.with_credentials(url, target.address),
+                self.transport_for(url),
+                on_demand=True,
+                target=target,
+            )
         return pull.stream
+
+    def transport_for(self, url: SourceUrl) -> str:
+        """RTSP cameras asked for by URL run over TCP, through the relay: over UDP a camera
+        would choose where FFmpeg sends its RTP and RTCP packets."""
+        return "tcp" if url.scheme == "rtsp" else self.config.rtsp.transport
+
+    @contextlib.asynccontextmanager
+    async def _admission(self, remote: str) -> AsyncIterator[None]:
+        """Count a pull being admitted for ``remote`` from before its DNS look-up, so that
+        requests at once cannot all pass ``[limits] max_pulls_per_ip``."""
+        self._admitting[remote] += 1
+        try:
+            yield
+        finally:
+            self._admitting[remote] -= 1
+            if not self._admitting[remote]:
+                del self._admitting[remote]
 
     async def admit(self, url: SourceUrl, remote: str) -> Target:
         """May client ``remote`` have ``url`` pulled? The allow-list is checked on the address
         the host resolves to, which FFmpeg then connects to. Raises NotAllowed or Refused."""
-        address = await self.checked_address(url.host, url.effective_port)
+        if url.scheme == "rtsps":
+            # TLS hides its answers from the relay, and FFmpeg follows their redirects anywhere
+            raise NotAllowed(
+                "rtsps:// cameras cannot be pulled by URL (their redirects cannot be checked): "
+                "list the camera in [[rtsp.cameras]]"
+            )
         most = self.config.limits.max_pulls_per_ip
         started = sum(p.target.requested_by == remote for p in self.cameras.values())
+        started += max(0, self._admitting[remote] - 1)  # others being admitted right now
         if most and remote and started >= most:
             self.app.refused["max_pulls_per_ip"] += 1
             log.warning("stream %s: pull for %s refused: %d pulls", url.public, remote, started)
@@ -610,6 +645,7 @@ class PullPlugin:
                 "max_pulls_per_ip",
                 f"{remote} already has {started} pulls running ([limits] max_pulls_per_ip)",
             )
+        address = await self.checked_address(url.host, url.effective_port)
         return Target(address=address, requested_by=remote)
 
     async def checked_address(self, host: str, port: int | None) -> hosts.Address:
@@ -678,9 +714,9 @@ class PullPlugin:
 
 def _same_credentials(a: tuple[str | None, str | None], b: tuple[str | None, str | None]) -> bool:
     """Constant-time comparison: timing must not tell how much of a password was right."""
-    left = f"{a[0]}\0{a[1]}".encode("utf-8", "surrogatepass")
-    right = f"{b[0]}\0{b[1]}".encode("utf-8", "surrogatepass")
-    return hmac.compare_digest(left, right) and (a[0] is None) == (b[0] is None)
+    left = "\0".join("-" if v is None else "+" + v for v in a).encode("utf-8", "surrogatepass")
+    right = "\0".join("-" if v is None else "+" + v for v in b).encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(left, right)
 
 
 # the plugin's public interface: /metrics reads the pulls
@@ -709,18 +745,23 @@ async def rest_startup(request: web.Request) -> web.Response:
         if plugin is None:
             raise BadRequest("the pull plugin is disabled")
         url = parse_source_url(uri, plugin.config)
-        remote = request.remote or ""
-        target = await plugin.admit(url, remote)
         if name == uri:
             name = url.public
-        log.info("stream %s: pull of %s started over REST by %s", name, url.public, remote)
-        pull = await plugin.start_pull(
-            name,
-            plugin.with_credentials(url, target.address),
-            plugin.config.rtsp.transport,
-            on_demand=False,
-            target=target,
-        )
+        else:
+            reason = check_publish_name(name)  # the rule every publisher's name follows
+            if reason:
+                raise BadRequest(f"localStreamName: {reason}")
+        remote = request.remote or ""
+        async with plugin._admission(remote):
+            target = await plugin.admit(url, remote)
+            log.info("stream %s: pull of %s started over REST by %s", name, url.public, remote)
+            pull = await plugin.start_pull(
+                name,
+                plugin.with_credentials(url, target.address),
+                plugin.transport_for(url),
+                on_demand=False,
+                target=target,
+            )
     except StreamNameInUse:
         return error_response(request, 409, "Stream name is already in use")
     except FAILURES as exc:
@@ -770,7 +811,12 @@ def register_routes(app: App) -> list[web.RouteDef]:
 async def lifespan(app: App) -> AsyncIterator[None]:
     plugin = PullPlugin(app)
     app.state[PULL] = plugin
-    await plugin.start()
+    try:
+        await plugin.start()
+    except BaseException:
+        await plugin.stop()  # the cameras started before the one that failed
+        app.state.pop(PULL)
+        raise
     yield
     app.state.pop(PULL)
     await plugin.stop()

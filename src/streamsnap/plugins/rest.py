@@ -25,6 +25,7 @@ from ..core.http import (
     error_response,
     failure_response,
     json_body,
+    open_route,
 )
 from ..core.imaging import FORMATS
 from ..core.snapshot import Snapshot, SnapshotRequest
@@ -216,8 +217,8 @@ def register_routes(app: App) -> list[web.RouteDef]:
     ]
     routes += [
         web.get(r"/streams/{name:.+}/snapshot.{ext:png|jpg|jpeg|webp}", snapshot_image),
-        web.get("/healthz", healthz),
+        open_route(web.get("/healthz", healthz)),
         web.get("/plugins", plugins),
-        web.get("/openapi.yaml", openapi),
+        open_route(web.get("/openapi.yaml", openapi)),
     ]
     return routes

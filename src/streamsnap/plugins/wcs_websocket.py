@@ -522,6 +522,7 @@ WCS_API: StateKey[WcsApi] = StateKey("wcs_websocket", WcsApi)
 
 @hookimpl
 async def lifespan(app: App) -> AsyncIterator[None]:
+    webrtc.require(app, "wcs_websocket")
     api = WcsApi(app)
     app.state[WCS_API] = api
     await api.start()

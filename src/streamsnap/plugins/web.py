@@ -21,6 +21,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..core.app import APP_KEY, App
+from ..core.http import Route, open_route
 from ..core.names import safe_name
 from ..core.state import StateKey
 from ..core.streams import Stream
@@ -187,16 +188,18 @@ async def lifespan(app: App) -> AsyncIterator[None]:
 
 
 @hookimpl
-def register_routes(app: App) -> list[web.AbstractRouteDef]:
+def register_routes(app: App) -> list[web.AbstractRouteDef | Route]:
+    """The pages and the SDK are open (they hold no data); the gallery, its events and the
+    snapshot files need API credentials when [auth] is on."""
     snapshots = Path(app.config.snapshot.snapshot_auto_dir)
     snapshots.mkdir(parents=True, exist_ok=True)
-    routes: list[web.AbstractRouteDef] = [
-        web.get("/", index),
-        web.get("/config.js", client_config),
+    routes: list[web.AbstractRouteDef | Route] = [
+        open_route(web.get("/", index)),
+        open_route(web.get("/config.js", client_config)),
         web.get("/gallery.json", gallery_state),
         web.get("/events/snapshots", snapshot_events),
         web.static("/snapshots", snapshots),
-        web.static("/pages", PAGES),
+        open_route(web.static("/pages", PAGES)),
     ]
     sdk = find_sdk(app.config.webrtc.sdk_dir)
     if sdk is None:
@@ -204,7 +207,7 @@ def register_routes(app: App) -> list[web.AbstractRouteDef]:
             "Flashphoner WebSDK not found (npm install, or [webrtc] sdk_dir): the pages "
             "will not work"
         )
-        routes.append(web.get("/sdk/{tail:.*}", no_sdk))
+        routes.append(open_route(web.get("/sdk/{tail:.*}", no_sdk)))
     else:
-        routes.append(web.static("/sdk", sdk))
+        routes.append(open_route(web.static("/sdk", sdk)))
     return routes

@@ -33,6 +33,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from ..core.app import App
+from ..core.errors import StartupError
 from ..core.state import StateKey
 from ..hooks import hookimpl
 
@@ -234,18 +235,24 @@ WEBRTC: StateKey[WebRtcEngine] = StateKey("webrtc", WebRtcEngine)
 
 
 def engine(app: App) -> WebRtcEngine:
-    """The app's WebRTC engine (created on first use)."""
-    eng = app.state.get(WEBRTC)
-    if eng is None:
-        eng = app.state[WEBRTC] = WebRtcEngine(app)
-    return eng
+    """The app's WebRTC engine, made by this plugin's lifespan (the WebSocket API and WHIP use
+    it; they refuse to start without this plugin, see :func:`require`)."""
+    return app.state[WEBRTC]
+
+
+def require(app: App, plugin: str) -> None:
+    """StartupError when this plugin is left out: ``plugin`` cannot run without it."""
+    if app.pm.get_plugin("webrtc") is None:
+        raise StartupError(
+            f"plugin {plugin!r} needs the 'webrtc' plugin, which [plugins] leaves out: enable "
+            f"webrtc, or disable {plugin} too"
+        )
 
 
 @hookimpl
 async def lifespan(app: App) -> AsyncIterator[None]:
     configure_ice(app.config.webrtc)
-    engine(app)
+    eng = app.state[WEBRTC] = WebRtcEngine(app)
     yield
-    eng = app.state.pop(WEBRTC)
-    if eng is not None:
-        await eng.close_all()
+    app.state.pop(WEBRTC)
+    await eng.close_all()

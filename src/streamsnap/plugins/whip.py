@@ -11,6 +11,7 @@ unless the request carries API credentials. Names follow the one publish-name ru
 
 from __future__ import annotations
 
+import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from aiortc import RTCPeerConnection
 
 from ..core.app import APP_KEY, App
 from ..core.errors import Refused, StreamNameInUse
+from ..core.http import Route, guarded_route, open_route
 from ..core.state import StateKey
 from ..core.streams import Stream
 from ..hooks import hookimpl
@@ -143,19 +145,34 @@ async def options(request: web.Request) -> web.Response:
     return web.Response(status=204, headers={**CORS, "Accept-Post": "application/sdp"})
 
 
+def _publisher(request: web.Request) -> bool:
+    """A WHIP request may come without API credentials when it carries its stream's publish
+    key (as the bearer token, what WHIP clients send, or ``?key=``), or, with ``[auth]
+    open_publish``, for a stream without a key of its own. The publish itself is decided
+    again by ``App.admit``."""
+    auth = request.app[APP_KEY].auth
+    key = auth.key_for(request.match_info["name"])
+    if key is None:
+        return auth.open_publish
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    offered = value.strip() if scheme.lower() == "bearer" else request.query.get("key", "")
+    return hmac.compare_digest(offered.encode(), key.encode())
+
+
 @hookimpl
-def register_routes(app: App) -> list[web.RouteDef]:
+def register_routes(app: App) -> list[Route]:
     return [
-        web.post("/whip/{name}", publish),
-        web.options("/whip/{name}", options),
-        web.delete("/whip/{name}/{session}", delete),
-        web.patch("/whip/{name}/{session}", patch),
-        web.options("/whip/{name}/{session}", options),
+        guarded_route(web.post("/whip/{name}", publish), _publisher),
+        open_route(web.options("/whip/{name}", options)),
+        guarded_route(web.delete("/whip/{name}/{session}", delete), _publisher),
+        guarded_route(web.patch("/whip/{name}/{session}", patch), _publisher),
+        open_route(web.options("/whip/{name}/{session}", options)),
     ]
 
 
 @hookimpl
 async def lifespan(app: App) -> AsyncIterator[None]:
+    webrtc.require(app, "whip")
     yield
     for session in list(_sessions(app).values()):
         await app.terminate(session.stream, "server shutting down")
