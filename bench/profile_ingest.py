@@ -17,9 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from run import make_clip, publish, stop  # noqa: E402
+from bench.common import make_clip, publish, stop  # noqa: E402
 from tests.helpers.server import ServerProcess, write_config  # noqa: E402
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.run import cpu_seconds  # noqa: E402
+from bench.common import cpu_seconds  # noqa: E402
 from tests.helpers.rtsp import RtspCamera  # noqa: E402
 from tests.helpers.server import ServerProcess, find, wait_for, write_config  # noqa: E402
 

@@ -46,7 +46,7 @@ def _routes(app: App) -> list[tuple[str, str, bool]]:
     out = set()
     for route in app.web.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
-        is_open = app.access_of(route) == "open"
+        is_open = app.access.of_route(route) == "open"
         if "prefix" in info:  # static folders
             out.add(("GET", info["prefix"].rstrip("/") + "/x.png", is_open))
         elif route.method not in ("HEAD", "OPTIONS"):

@@ -20,7 +20,7 @@ from streamsnap.core import auth, listeners
 from streamsnap.core.app import App
 from streamsnap.core.auth import Authenticator, LoginThrottled, hash_password
 from streamsnap.core.config import Config
-from streamsnap.plugins import wcs_websocket
+from streamsnap.plugins.webrtc import wcs_websocket
 from tests.helpers.media import ffmpeg_testsrc
 from tests.helpers.tls import self_signed
 

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 import pytest
 
 from streamsnap.core import hosts
-from streamsnap.core.config import Config
 from streamsnap.core.errors import NotAllowed
-from streamsnap.plugins.pull import CredentialRule, check_query, parse_source_url
+from streamsnap.plugins.pull.settings import PullSettings
+from streamsnap.plugins.pull.urls import CredentialRule, check_query, parse_source_url
 from tests.helpers.media import ffmpeg_testsrc
 
 FAILED_TO_CONNECT = "Failed to connect to rtsp stream"
@@ -267,7 +267,7 @@ def rule(**entry) -> CredentialRule:
 
 
 def url(text: str):
-    return parse_source_url(text, Config(), trusted=True)
+    return parse_source_url(text, PullSettings(), trusted=True)
 
 
 def test_credentials_go_only_to_their_scheme_host_and_port():
@@ -377,7 +377,7 @@ def test_max_pulls_per_ip(make_server, make_camera):
 def test_rtsps_cannot_be_pulled_by_url(make_server, listener):
     srv = make_server(pull={"allowed_hosts": ["127.0.0.1"]})
     status, body = srv.snapshot(f"rtsps://127.0.0.1:{listener.port}/x")
-    assert status == 403 and "[[rtsp.cameras]]" in body["message"], body
+    assert status == 403 and "[[pull.cameras]]" in body["message"], body
     assert listener.connections == 0
 
 
@@ -422,11 +422,11 @@ def test_same_url_asked_twice_at_once_is_one_pull(make_server, make_camera):
 
 
 def test_credentials_without_password_are_not_the_word_none():
-    from streamsnap.plugins.pull import _same_credentials
+    from streamsnap.plugins.pull.urls import same_credentials
 
-    assert not _same_credentials(("admin", None), ("admin", "None"))
-    assert _same_credentials(("admin", None), ("admin", None))
-    assert not _same_credentials((None, None), ("", None))
+    assert not same_credentials(("admin", None), ("admin", "None"))
+    assert same_credentials(("admin", None), ("admin", None))
+    assert not same_credentials((None, None), ("", None))
 
 
 def test_a_credential_rule_for_srt_needs_a_port():

@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from streamsnap.plugins.rtsp_relay import RtspRelay, read_answer
+from streamsnap.plugins.pull.rtsp_relay import RtspRelay, read_answer
 
 FORBIDDEN = b"127.0.0.9:25542"
 REDIRECT = b"rtsp://" + FORBIDDEN + b"/x"

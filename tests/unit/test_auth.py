@@ -129,7 +129,7 @@ def test_publish_keys_per_stream_and_wildcard():
     ],
 )
 def test_warning_when_serving_beyond_loopback_without_auth(host, token, warns):
-    from streamsnap.core.app import open_access_warning
+    from streamsnap.core.access import open_access_warning
 
     cfg = config.Config()
     cfg.server.host, cfg.auth.token = host, token

@@ -7,6 +7,7 @@ import pytest
 
 from streamsnap.core import config
 from streamsnap.core.errors import ConfigError
+from streamsnap.plugins.rtmp import RtmpSettings
 
 
 def test_defaults_are_the_wcs_defaults():
@@ -108,8 +109,9 @@ def test_bad_values_refuse_to_start_naming_key_and_value(tmp_path, text, needle)
 
 
 def test_bad_env_value_names_variable(tmp_path):
+    cfg = config.load(None, environ={"STREAMSNAP_RTMP_CHUNK_SIZE": "big"})
     with pytest.raises(ConfigError, match=r"\[rtmp\] chunk_size = 'big'"):
-        config.load(None, environ={"STREAMSNAP_RTMP_CHUNK_SIZE": "big"})
+        cfg.declare("rtmp", RtmpSettings)  # the rtmp plugin's section, checked as it loads
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

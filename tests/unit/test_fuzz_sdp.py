@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from streamsnap.core.config import Config
 from streamsnap.core.frames import FrameStore
 from streamsnap.core.streams import Stream
-from streamsnap.plugins.webrtc import WebRtcEngine, configure_ice
+from streamsnap.plugins.webrtc.engine import WebRtcEngine, configure_ice
+from streamsnap.plugins.webrtc.settings import WebRtcSettings
 
 
 async def _offer() -> str:
@@ -29,14 +30,16 @@ async def _offer() -> str:
 
 def fake_app() -> SimpleNamespace:
     """What the engine uses of the app: the config, and spawn (its ingest tasks not run here)."""
-    return SimpleNamespace(config=Config(), spawn=lambda coro, **_: coro.close())
+    cfg = Config()
+    cfg.declare("webrtc", WebRtcSettings)
+    return SimpleNamespace(config=cfg, spawn=lambda coro, **_: coro.close())
 
 
 @pytest.fixture(scope="module")
 def offer() -> str:
-    cfg = Config()
-    cfg.webrtc.ice_addresses = ["127.0.0.1"]
-    configure_ice(cfg.webrtc)
+    settings = Config().declare("webrtc", WebRtcSettings)
+    settings.ice_addresses = ["127.0.0.1"]
+    configure_ice(settings)
     return asyncio.run(_offer())
 
 

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from streamsnap.core.app import App
 from streamsnap.core.config import Config
 from streamsnap.core.plugins import PluginsConfig, make_plugin_manager
-from streamsnap.plugins.wcs_websocket import WcsApi, WcsSession
 from streamsnap.plugins.webrtc import WEBRTC, WebRtcEngine
+from streamsnap.plugins.webrtc.wcs_session import WcsSession
+from streamsnap.plugins.webrtc.wcs_websocket import WcsApi
 
 MESSAGES = [
     "connection",

@@ -15,9 +15,10 @@ from streamsnap import Snapshot, hookimpl
 from streamsnap.core.app import App
 from streamsnap.core.config import Config, PluginsConfig
 from streamsnap.core.errors import StartupError, StreamNotFound
-from streamsnap.core.plugins import BackendRegistry, make_plugin_manager
+from streamsnap.core.plugins import make_plugin_manager
 from streamsnap.core.snapshot import SnapshotRequest
 from streamsnap.hooks import specs
+from streamsnap.plugins.storage import STORAGE, BackendRegistry
 from tests.helpers.media import FFMPEG
 from tests.helpers.rtmp_client import make_flv
 
@@ -257,9 +258,10 @@ async def test_hook_register_storage_backends():
 
     app = await _app_with(("probe", Probe()))
     try:
-        assert app.backends.owners["memory"] == "probe"
-        assert app.backends.owners["local"] == "storage_local"
-        assert isinstance(app.backends.factories["memory"]({}), Store)
+        registry = app.state[STORAGE].registry
+        assert registry.owners["memory"] == "probe"
+        assert registry.owners["local"] == "storage_local"
+        assert isinstance(registry.factories["memory"]({}), Store)
     finally:
         await app.stop()
 
@@ -385,10 +387,10 @@ async def test_hook_make_stream_registry():
     app = await _app_with(("probe", Probe()))
     try:
         assert isinstance(app.streams, Shared)
-        await app.admit(app.new_stream("cam1", "rtmp"), {})
+        await app.admission.admit(app.new_stream("cam1", "rtmp"), {})
         assert claims == ["cam1"] and app.streams.lookup("cam1") is not None
         with pytest.raises(StreamNameInUse, match="node b"):
-            await app.admit(app.new_stream("held-elsewhere", "rtmp"), {})
+            await app.admission.admit(app.new_stream("held-elsewhere", "rtmp"), {})
         assert app.streams.lookup("held-elsewhere") is None
     finally:
         await app.stop()
@@ -579,3 +581,101 @@ async def test_webrtc_left_out_stops_whip_and_the_websocket_api_naming_it():
     app = App(_config(), pm)
     await app.start()
     await app.stop()
+
+
+async def test_hook_settings_sections(tmp_path, caplog):
+    """A third-party plugin's section is read into its dataclass the way the core's are: the
+    file, then the environment; an unknown key warned by name; a wrong type, a value out of
+    its declared range, or one its check() refuses stops the start naming key and value."""
+    from dataclasses import dataclass, field
+
+    from streamsnap.core import config as config_mod
+    from streamsnap.core.config import setting
+    from streamsnap.core.errors import ConfigError
+
+    @dataclass
+    class HelloSettings:
+        greeting: str = "hello"
+        repeat: int = setting(1, minimum=1, maximum=10)
+        names: list[str] = field(default_factory=list)
+
+        def check(self) -> None:
+            if "world" in self.names and self.repeat > 5:
+                raise ConfigError("[hello] repeat: at most 5 for the world")
+
+    seen = []
+
+    class Hello:
+        @hookimpl
+        def settings_sections(self):
+            return {"hello": HelloSettings}
+
+        @hookimpl
+        async def lifespan(self, app):
+            seen.append(app.config.of(HelloSettings))
+            yield
+
+    def app_for(text: str, environ: dict[str, str] | None = None) -> App:
+        p = tmp_path / "c.toml"
+        p.write_text(
+            "[server]\nhost = '127.0.0.1'\nhttp_port = 0\nws_port = 0\nrtmp_port = 0\n" + text
+        )
+        cfg = config_mod.load(p, environ=environ or {})
+        pm = make_plugin_manager(
+            PluginsConfig(), load_entry_points=False, extra=[("hello", Hello())]
+        )
+        return App(cfg, pm)
+
+    with caplog.at_level(logging.WARNING):
+        app = app_for(
+            "[hello]\ngreeting = 'hi'\nrepaet = 3\nnames = ['a']\n",
+            {"STREAMSNAP_HELLO_REPEAT": "4"},
+        )
+        await app.start()
+    try:
+        assert seen == [HelloSettings(greeting="hi", repeat=4, names=["a"])]
+        assert "unknown key [hello] repaet" in caplog.text
+        assert "section [hello] is not used" not in caplog.text
+    finally:
+        await app.stop()
+    for text, needle in [
+        ("[hello]\nrepeat = 'three'\n", "[hello] repeat = 'three': must be an integer"),
+        ("[hello]\nrepeat = 11\n", "[hello] repeat = 11: must be at most 10"),
+        ("[hello]\nrepeat = 0\n", "[hello] repeat = 0: must be at least 1"),
+        ("[hello]\nnames = 'a'\n", "[hello] names = 'a': must be a list of strings"),
+        ("[hello]\nnames = ['world']\nrepeat = 6\n", "at most 5 for the world"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            app_for(text)
+        assert needle in str(info.value)
+    with pytest.raises(ConfigError, match=r"\[hello\] repeat = 'x'"):
+        app_for("", {"STREAMSNAP_HELLO_REPEAT": "x"})
+
+
+def test_a_section_that_moved_is_read_with_a_warning(tmp_path, caplog):
+    """``[rtsp]`` of older configs is read as ``[pull]``: its keys apply, lists given in both
+    add up, and the log says to rename it; a section of a plugin left out is named too."""
+    from streamsnap.core import config as config_mod
+    from streamsnap.plugins.pull.settings import PullSettings
+
+    p = tmp_path / "old.toml"
+    p.write_text(
+        "[rtsp]\ntransport = 'udp'\nallowed_hosts = ['10.0.0.0/24']\nidle_timeout_s = 9.0\n"
+        "[pull]\nallowed_hosts = ['cam.lan']\n[rtmp]\nchunk_size = 8192\n"
+    )
+    cfg = config_mod.load(p, environ={"STREAMSNAP_RTSP_STALL_TIMEOUT_S": "2.5"})
+    with caplog.at_level(logging.WARNING):
+        App(cfg, make_plugin_manager(PluginsConfig(disabled=["rtmp"]), load_entry_points=False))
+    pull = cfg.of(PullSettings)
+    assert pull.transport == "udp" and pull.idle_timeout_s == 9.0 and pull.stall_timeout_s == 2.5
+    assert pull.allowed_hosts == ["10.0.0.0/24", "cam.lan"]
+    assert "[rtsp] is read as [pull]" in caplog.text
+    assert cfg.undeclared() == ["rtmp"]  # the rtmp plugin is left out: its section unread
+
+
+def test_the_error_rules_are_written_once():
+    """The rules every hook call follows live in the hook specs' docstring; the plugin guide
+    quotes them word for word."""
+    rules = specs.__doc__.split("Error rules", 1)[1].strip().replace("``", "`")
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
+    assert " ".join(rules.split()) in " ".join(guide.split())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamsnap.plugins.webrtc import _CANDIDATE, video_codec_of
+from streamsnap.plugins.webrtc.engine import _CANDIDATE, video_codec_of
 
 ANSWER = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"

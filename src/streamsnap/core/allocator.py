@@ -15,10 +15,13 @@ variables set by the operator win.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import logging
 import os
 import platform
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +68,26 @@ def _load_libc() -> ctypes.CDLL | None:
 
 
 _libc = _load_libc()
+
+
+class ReleaseSoon:
+    """Give freed memory back to the system a second after streams end (once for streams
+    ending together), off the event loop: the allocator keeps freed picture buffers for
+    reuse, so a server whose streams come and go would otherwise hold the most it ever used."""
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+        self.pending = False
+
+    def __call__(self) -> None:
+        if self.pending:
+            return
+        self.pending = True
+        loop = asyncio.get_running_loop()
+
+        def release() -> None:
+            self.pending = False
+            with contextlib.suppress(RuntimeError):  # shutting down: the pool is closed
+                loop.run_in_executor(self.executor, release_free_memory)
+
+        loop.call_later(1.0, release)

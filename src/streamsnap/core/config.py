@@ -1,7 +1,11 @@
-"""Configuration: a typed model with WCS key names, read from TOML or a WCS ``.properties`` file.
+"""Configuration: typed sections with WCS key names, read from TOML or a WCS ``.properties`` file.
 
-Precedence: defaults < file < environment (``STREAMSNAP_<SECTION>_<KEY>``). Unknown keys are
-warned about by name; wrong types or values raise :class:`ConfigError` naming key and value.
+The core owns ``[server]``, ``[snapshot]``, ``[streams]``, ``[auth]``, ``[limits]`` and
+``[plugins]``; every other section belongs to the plugin that declares it (hook
+``settings_sections``) and is checked the same way when the plugins are loaded
+(:meth:`Config.declare`). Precedence: defaults < file < environment
+(``STREAMSNAP_<SECTION>_<KEY>``). Unknown keys are warned about by name; a wrong type or value
+raises :class:`ConfigError` naming key and value.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from .auth import Authenticator
 from .errors import ConfigError
@@ -21,20 +25,29 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "STREAMSNAP_"
+T = TypeVar("T")
+
+
+def setting(default: Any, *, minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A settings field with the range its value must lie in (checked on load, the refusal
+    naming key and value)."""
+    bounds = {"min": minimum, "max": maximum}
+    return field(default=default, metadata={k: v for k, v in bounds.items() if v is not None})
 
 
 @dataclass
 class ServerConfig:
     host: str = "0.0.0.0"
-    http_port: int = 8081
-    ws_port: int = 8080
-    rtmp_port: int = 1935
-    https_port: int = 8444  # REST and pages over TLS, when tls_cert and tls_key are set
-    wss_port: int = 8443  # the WebSocket API over TLS, when tls_cert and tls_key are set
+    http_port: int = setting(8081, minimum=0, maximum=65535)
+    ws_port: int = setting(8080, minimum=0, maximum=65535)
+    rtmp_port: int = setting(1935, minimum=0, maximum=65535)
+    # REST and pages, and the WebSocket API, over TLS when tls_cert and tls_key are set
+    https_port: int = setting(8444, minimum=0, maximum=65535)
+    wss_port: int = setting(8443, minimum=0, maximum=65535)
     tls_cert: str = ""  # PEM certificate (chain) file
     tls_key: str = ""  # PEM private key file
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    shutdown_timeout_s: float = 10.0
+    shutdown_timeout_s: float = setting(10.0, minimum=0.1)
     # WebSocket API: browser Origins accepted ("https://app.example.com", "*" any); empty: an
     # Origin whose host is the host the request was made to (the server's own pages)
     allowed_origins: list[str] = field(default_factory=list)
@@ -43,96 +56,42 @@ class ServerConfig:
     server_names: list[str] = field(default_factory=list)
     plaintext: bool = True  # false: with TLS on, no plain HTTP and WebSocket ports
 
+    def check(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("[server] tls_cert and tls_key must be set together")
+
 
 @dataclass
 class SnapshotConfig:
-    snapshot_taking_interval_ms: int = 3000
-    snapshot_taking_attempts: int = 30
+    snapshot_taking_interval_ms: int = setting(3000, minimum=1)
+    snapshot_taking_attempts: int = setting(30, minimum=1)
     snapshot_auto_enabled: bool = False
     snapshot_auto_dir: str = "snapshots"
     snapshot_auto_naming: Literal["mediaSessionId", "streamName"] = "mediaSessionId"
-    snapshot_auto_rate: int = 30
-    snapshot_auto_retention: int = 20
+    snapshot_auto_rate: int = setting(30, minimum=1)
+    snapshot_auto_retention: int = setting(20, minimum=1)
     # per-session folders kept under snapshot_auto_dir: beyond it, the oldest ended ones go
-    snapshot_auto_max_sessions: int = 100
+    snapshot_auto_max_sessions: int = setting(100, minimum=1)
     snapshot_auto_format: Literal["png", "jpeg", "webp"] = "png"  # beyond WCS: JPEG/WebP files
     # beyond WCS: per-stream settings, e.g. [{ name = "gate", rate = 10, format = "jpeg" }]
     snapshot_auto_streams: list[dict[str, Any]] = field(default_factory=list)
     png_encoder: Literal["auto", "fpng", "pillow"] = "auto"
-    workers: int = 0  # decode/encode threads; 0 = one per core
+    workers: int = setting(0, minimum=0)  # decode/encode threads; 0 = one per core
     # a request this soon after a snapshot of the same stream shares it, if at most one newer
     # frame has arrived since or its burst is still arriving (0: every request waits for the
     # newest frame)
-    coalesce_ms: int = 100
+    coalesce_ms: int = setting(100, minimum=0)
 
 
 @dataclass
 class StreamsConfig:
-    max_gop_packets: int = 1800  # 60 s at 30 fps: a publisher that never sends a keyframe is capped
-    max_gop_bytes: int = 64 * 1024 * 1024
+    # 60 s at 30 fps: a publisher that never sends a keyframe is capped
+    max_gop_packets: int = setting(1800, minimum=1)
+    max_gop_bytes: int = setting(64 * 1024 * 1024, minimum=1024)
     decode: Literal["adaptive", "lazy", "continuous"] = "adaptive"
     decode_demand_per_s: float = 1.0  # snapshots a second from which continuous is cheaper
     decode_warm_s: float = 30.0  # keep a stream asked for this recently warm, CPU allowing
     decode_cpu_budget: float = 0.6  # share of all cores below which warm streams stay decoded
-
-
-@dataclass
-class RtmpConfig:
-    chunk_size: int = 4096
-    handshake_timeout_s: float = 10.0
-    idle_timeout_s: float = 30.0
-    max_message_bytes: int = 16 * 1024 * 1024
-
-
-@dataclass
-class RtspConfig:
-    transport: Literal["tcp", "udp"] = "tcp"  # RTP over the RTSP connection, or over UDP
-    idle_timeout_s: float = 60.0  # an on-demand pull nobody used for this long is dropped
-    allowed_hosts: list[str] = field(default_factory=list)  # alias of [pull] allowed_hosts
-    ffmpeg: str = ""  # FFmpeg binary; empty: the one imageio-ffmpeg ships
-    stall_timeout_s: float = 5.0  # no packet for this long: the camera is restarted
-    connect_timeout_s: float = 10.0
-    backoff_max_s: float = 30.0
-    cameras: list[dict[str, Any]] = field(default_factory=list)  # {name, url, transport, ...}
-    credentials: list[dict[str, Any]] = field(default_factory=list)  # {host, username, password}
-
-
-@dataclass
-class PullConfig:
-    # URL schemes a stream name may use to be pulled through FFmpeg ("http" only when listed)
-    allowed_schemes: list[str] = field(
-        default_factory=lambda: ["rtsp", "rtsps", "rtmp", "rtmps", "srt", "https"]
-    )
-    # on-demand pulls only to these hosts: names ("cam1.lan", "*.cams.example.com"),
-    # addresses, networks ("10.0.0.0/24") or "*"; loopback, link-local, multicast and the like
-    # only when listed by address or network. Empty: no on-demand pulls.
-    allowed_hosts: list[str] = field(default_factory=list)
-    # URL query keys passed on beyond the built-in ones of each scheme (pull.QUERY_KEYS):
-    # "key" for every scheme or "scheme:key", e.g. ["rtsp:token", "srt:maxbw"]
-    allowed_query_keys: list[str] = field(default_factory=list)
-    # pulled from start-up under a friendly name: [{ name = "studio", url = "rtmp://..." }]
-    sources: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class WebRtcConfig:
-    ice_addresses: list[str] = field(default_factory=list)  # host candidates; empty: every
-    # non-loopback interface. "127.0.0.1" for a browser on the same host.
-    public_address: str = ""  # 1:1 NAT: the address host candidates are rewritten to
-    ice_servers: list[str] = field(default_factory=list)  # "stun:host:port"; empty: none
-    max_message_bytes: int = 1 << 20  # WebSocket message limit
-    sdk_dir: str = ""  # @flashphoner/websdk folder served at /sdk/; empty: ./node_modules/...
-    idle_timeout_s: float = 10.0  # a WebRTC/WHIP publisher sending no video this long is ended
-
-
-@dataclass
-class StorageConfig:
-    backends: list[str] = field(default_factory=list)  # e.g. ["local", "s3"]; settings in [name]
-
-
-@dataclass
-class FolderWatchConfig:
-    dirs: list[str] = field(default_factory=list)  # watched besides snapshot_auto_dir
 
 
 @dataclass
@@ -147,16 +106,22 @@ class AuthConfig:
     # unless this is true
     open_publish: bool = False
 
+    def check(self) -> None:
+        Authenticator(self.token, self.users, self.publish_keys)  # raises ConfigError
+
 
 @dataclass
-class LimitsConfig:
-    max_streams: int = 0  # live streams (pulls included) beyond which publishers are refused
-    max_publishers_per_ip: int = 0  # live published streams per publisher address
+class LimitsConfig:  # 0 = unlimited for each
+    # live streams (pulls included) beyond which publishers are refused
+    max_streams: int = setting(0, minimum=0)
+    max_publishers_per_ip: int = setting(0, minimum=0)  # live published streams per address
     # REST and WebSocket snapshots being served at once; by default 128 per core
-    max_concurrent_snapshots: int = field(default_factory=lambda: 128 * (os.cpu_count() or 1))
-    max_connections_per_ip: int = 100  # open connections of one address, on every port
-    max_pulls_per_ip: int = 16  # on-demand pulls one client address has started
-    # 0 = unlimited for each
+    max_concurrent_snapshots: int = field(
+        default_factory=lambda: 128 * (os.cpu_count() or 1), metadata={"min": 0}
+    )
+    # open connections of one address, on every port
+    max_connections_per_ip: int = setting(100, minimum=0)
+    max_pulls_per_ip: int = setting(16, minimum=0)  # on-demand pulls one client has started
 
 
 @dataclass
@@ -165,7 +130,7 @@ class PluginsConfig:
     disabled: list[str] = field(default_factory=list)
     # a synchronous hook call holding the event loop this long is logged; on_frame and
     # on_snapshot_saved of that plugin then run on a thread of its own
-    slow_hook_s: float = 0.5
+    slow_hook_s: float = setting(0.5, minimum=0.01)
 
 
 @dataclass
@@ -173,25 +138,85 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     streams: StreamsConfig = field(default_factory=StreamsConfig)
-    rtmp: RtmpConfig = field(default_factory=RtmpConfig)
-    rtsp: RtspConfig = field(default_factory=RtspConfig)
-    pull: PullConfig = field(default_factory=PullConfig)
-    webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    folder_watch: FolderWatchConfig = field(default_factory=FolderWatchConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
-    # Sections no built-in model knows; plugins of the same name read them.
+    # Sections the core does not own, as read; a plugin that declares one gets it checked.
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "<defaults>"
+    # values given as text (properties file, environment), by section, applied on declare
+    text: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict, repr=False)
+    env: list[tuple[str, str, str]] = field(default_factory=list, repr=False)
+    _owned: dict[type, Any] = field(default_factory=dict, repr=False)
+    _names: dict[str, type] = field(default_factory=dict, repr=False)
+    _read: set[str] = field(default_factory=set, repr=False)
 
     def section(self, name: str) -> dict[str, Any]:
-        """The raw table ``[name]`` for a plugin's own settings (empty if absent)."""
+        """The raw table ``[name]`` (empty if absent), for a plugin that declares no model
+        (e.g. a storage backend's settings)."""
+        self._read.add(name)
         return self.extra.get(name, {})
 
+    def declare(self, name: str, cls: type[T]) -> T:
+        """Check section ``[name]`` against the dataclass ``cls`` the way the core's own
+        sections are checked, and keep the result for :meth:`of`. Sections listed in
+        ``cls.aliases`` are read first, with a warning to rename them."""
+        if name in _CORE:
+            raise ConfigError(f"[{name}] belongs to the core; a plugin cannot declare it")
+        if name in self._names:
+            if self._names[name] is cls:
+                return typing.cast(T, self._owned[cls])
+            raise ConfigError(
+                f"[{name}] declared twice ({self._names[name].__name__}, {cls.__name__})"
+            )
+        values = cls()
+        aliases = tuple(getattr(cls, "aliases", ()))
+        given: set[str] = set()
+        for section in (*aliases, name):
+            table = self.extra.get(section, {})
+            if section != name and (table or section in self.text or self._env_of(section)):
+                log.warning(
+                    "config %s: [%s] is read as [%s] (its keys moved there): rename the section",
+                    self.source,
+                    section,
+                    name,
+                )
+            for key, value in table.items():
+                _apply(values, name, key, value, from_text=False, origin=self.source, given=given)
+        for section in (*aliases, name):
+            for key, (value, origin) in self.text.get(section, {}).items():
+                _apply(values, name, key, value, from_text=True, origin=origin)
+            for variable, key, value in self._env_of(section):
+                _apply(values, name, key, value, from_text=True, origin=f"environment {variable}")
+        _check(values, name)
+        self._owned[cls] = values
+        self._names[name] = cls
+        for alias in aliases:
+            self._names.setdefault(alias, cls)
+        return values
 
-_SECTIONS = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("extra", "source")}
+    def of(self, cls: type[T]) -> T:
+        """The checked settings of a declared section, by its dataclass."""
+        try:
+            return typing.cast(T, self._owned[cls])
+        except KeyError:
+            raise LookupError(f"no section declared with {cls.__name__}") from None
+
+    def undeclared(self) -> list[str]:
+        """Sections given in the file or the environment that no one declared."""
+        given = set(self.extra) | set(self.text)
+        return sorted(s for s in given if s not in self._names and s not in self._read)
+
+    def _env_of(self, section: str) -> list[tuple[str, str, str]]:
+        prefix = section + "_"
+        return [
+            (v, rest[len(prefix) :], value)
+            for v, rest, value in self.env
+            if rest.startswith(prefix)
+        ]
+
+
+_CORE = {f.name: f for f in dataclasses.fields(Config) if f.type.endswith("Config")}
 
 # WCS flashphoner.properties keys and where they live here. The snapshot keys keep their names.
 _PROPERTIES_KEYS: dict[str, tuple[str, str]] = {
@@ -204,10 +229,6 @@ _PROPERTIES_KEYS: dict[str, tuple[str, str]] = {
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def _coerce(section: str, key: str, value: Any, annotation: Any, from_text: bool) -> Any:
@@ -262,66 +283,47 @@ def _coerce(section: str, key: str, value: Any, annotation: Any, from_text: bool
         if not isinstance(value, str):
             raise ConfigError(f"{where} = {value!r}: must be a string")
         return value
-    raise AssertionError(f"unsupported config type {annotation!r} for {where}")  # pragma: no cover
+    if annotation is Any:
+        return value
+    raise ConfigError(f"{where}: the plugin declares an unsupported type {annotation!r}")
 
 
-def _validate(cfg: Config) -> None:
-    """Range checks that the types alone do not express."""
-
-    def positive(section: str, key: str, minimum: float = 1) -> None:
-        value = getattr(getattr(cfg, section), key)
-        if value < minimum:
-            raise ConfigError(f"[{section}] {key} = {value!r}: must be at least {minimum}")
-
-    if bool(cfg.server.tls_cert) != bool(cfg.server.tls_key):
-        raise ConfigError("[server] tls_cert and tls_key must be set together")
-    for key in ("http_port", "ws_port", "rtmp_port", "https_port", "wss_port"):
-        port = getattr(cfg.server, key)
-        if not 0 <= port <= 65535:
-            raise ConfigError(f"[server] {key} = {port!r}: must be a TCP port (0-65535)")
-    positive("snapshot", "snapshot_taking_interval_ms")
-    positive("snapshot", "snapshot_taking_attempts")
-    positive("snapshot", "snapshot_auto_rate")
-    positive("snapshot", "snapshot_auto_retention")
-    positive("snapshot", "snapshot_auto_max_sessions")
-    positive("snapshot", "workers", 0)
-    positive("snapshot", "coalesce_ms", 0)
-    positive("streams", "max_gop_packets")
-    positive("streams", "max_gop_bytes", 1024)
-    positive("rtmp", "chunk_size", 128)
-    positive("rtmp", "handshake_timeout_s", 0.1)
-    positive("rtmp", "idle_timeout_s", 0.1)
-    positive("rtmp", "max_message_bytes", 1024)
-    positive("server", "shutdown_timeout_s", 0.1)
-    positive("rtsp", "idle_timeout_s", 1)
-    positive("rtsp", "stall_timeout_s", 0.5)
-    positive("rtsp", "connect_timeout_s", 0.5)
-    positive("rtsp", "backoff_max_s", 0.1)
-    positive("webrtc", "max_message_bytes", 4096)
-    for key in (
-        "max_streams",
-        "max_publishers_per_ip",
-        "max_concurrent_snapshots",
-        "max_connections_per_ip",
-        "max_pulls_per_ip",
-    ):
-        positive("limits", key, 0)
-    Authenticator(cfg.auth.token, cfg.auth.users, cfg.auth.publish_keys)  # raises ConfigError
-    positive("webrtc", "idle_timeout_s", 0.5)
-    positive("plugins", "slow_hook_s", 0.01)
-    if cfg.rtmp.chunk_size > 0x7FFFFFFF:
-        raise ConfigError(f"[rtmp] chunk_size = {cfg.rtmp.chunk_size!r}: at most 2147483647")
+def _check(values: Any, section: str) -> None:
+    """The ranges fields declare (:func:`setting`), then the section's own ``check()``."""
+    for f in dataclasses.fields(values):
+        value = getattr(values, f.name)
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        if low is not None and value < low:
+            raise ConfigError(f"[{section}] {f.name} = {value!r}: must be at least {low}")
+        if high is not None and value > high:
+            raise ConfigError(f"[{section}] {f.name} = {value!r}: must be at most {high}")
+    check = getattr(values, "check", None)
+    if check is not None:
+        check()
 
 
 def _apply(
-    cfg: Config, section: str, key: str, value: Any, *, from_text: bool, origin: str
+    target: Any,
+    section: str,
+    key: str,
+    value: Any,
+    *,
+    from_text: bool,
+    origin: str,
+    given: set[str] | None = None,
 ) -> None:
-    target = getattr(cfg, section)
-    hints = _field_types(type(target))
-    if key not in hints:
+    """Set ``[section] key`` on ``target``; a list given again in the same file (an alias
+    section, then the section itself) extends the first."""
+    hints = typing.get_type_hints(type(target))
+    if key not in hints or key.startswith("_"):
         log.warning("config %s: unknown key [%s] %s (ignored)", origin, section, key)
         return
-    setattr(target, key, _coerce(section, key, value, hints[key], from_text))
+    value = _coerce(section, key, value, hints[key], from_text)
+    if given is not None:
+        if key in given and isinstance(value, list):
+            value = [*getattr(target, key), *value]
+        given.add(key)
+    setattr(target, key, value)
 
 
 def from_mapping(data: dict[str, Any], origin: str = "<mapping>") -> Config:
@@ -329,15 +331,15 @@ def from_mapping(data: dict[str, Any], origin: str = "<mapping>") -> Config:
     cfg = Config(source=origin)
     for section, table in data.items():
         if not isinstance(table, dict):
-            if section in _SECTIONS:
+            if section in _CORE:
                 raise ConfigError(f"config {origin}: [{section}] must be a table, got {table!r}")
             log.warning("config %s: unknown top-level key %r (ignored)", origin, section)
             continue
-        if section not in _SECTIONS:
+        if section not in _CORE:
             cfg.extra[section] = table
             continue
         for key, value in table.items():
-            _apply(cfg, section, key, value, from_text=False, origin=origin)
+            _apply(getattr(cfg, section), section, key, value, from_text=False, origin=origin)
     return cfg
 
 
@@ -357,35 +359,45 @@ def parse_properties(text: str) -> dict[str, str]:
 
 
 def from_properties(text: str, origin: str = "<properties>") -> Config:
+    """A config from a WCS ``flashphoner.properties`` file: its snapshot keys and ports, and
+    ``section.key`` lines for the rest."""
     cfg = Config(source=origin)
     for key, value in parse_properties(text).items():
         target = _PROPERTIES_KEYS.get(key)
         if target is None and "." in key:
             section, _, sub = key.partition(".")
-            if section in _SECTIONS:
-                target = (section, sub)
+            if section not in _CORE:
+                cfg.text.setdefault(section, {})[sub] = (value, origin)
+                continue
+            target = (section, sub)
         if target is None:
             log.warning("config %s: key %r is not used by streamsnap (ignored)", origin, key)
             continue
-        _apply(cfg, *target, value, from_text=True, origin=origin)
+        section, sub = target
+        _apply(getattr(cfg, section), section, sub, value, from_text=True, origin=origin)
     return cfg
 
 
 def apply_env(cfg: Config, environ: dict[str, str] | os._Environ[str]) -> None:
-    """Override values from ``STREAMSNAP_<SECTION>_<KEY>`` variables."""
+    """Override values from ``STREAMSNAP_<SECTION>_<KEY>`` variables; those of sections the
+    core does not own wait for the plugin that declares the section."""
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
         rest = name[len(ENV_PREFIX) :].lower()
-        for section in _SECTIONS:
+        for section in _CORE:
             if rest.startswith(section + "_"):
                 key = rest[len(section) + 1 :]
-                _apply(cfg, section, key, value, from_text=True, origin=f"environment {name}")
+                origin = f"environment {name}"
+                _apply(getattr(cfg, section), section, key, value, from_text=True, origin=origin)
                 break
+        else:
+            cfg.env.append((name, rest, value))
 
 
 def load(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
-    """Load the config file (``.toml`` or ``.properties``), then the environment, then check it."""
+    """Load the config file (``.toml`` or ``.properties``), then the environment, then check
+    the core's sections (the plugins' are checked when they declare them)."""
     if path is None:
         cfg = Config()
     else:
@@ -403,5 +415,6 @@ def load(path: str | Path | None = None, environ: dict[str, str] | None = None) 
                 raise ConfigError(f"config file {p}: not valid TOML: {exc}") from None
             cfg = from_mapping(data, origin=str(p))
     apply_env(cfg, os.environ if environ is None else environ)
-    _validate(cfg)
+    for section in _CORE:
+        _check(getattr(cfg, section), section)
     return cfg

@@ -8,12 +8,16 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
+
+from .config import ServerConfig
+from .errors import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -191,3 +195,47 @@ class HostCheck:
             },
             status=421,
         )
+
+
+def load_tls(server: ServerConfig) -> ssl.SSLContext | None:
+    """The server TLS context when ``[server] tls_cert``/``tls_key`` are set."""
+    if not server.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(server.tls_cert, server.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(
+            f"[server] tls_cert/tls_key ({server.tls_cert}, {server.tls_key}): {exc}"
+        ) from exc
+    return ctx
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp exposes the bound sockets only here
+    sockets = getattr(server, "sockets", None) or []
+    return sockets[0].getsockname()[1] if sockets else 0
+
+
+async def start_site(
+    runner: web.AppRunner,
+    connections: ConnectionLimiter,
+    host: str,
+    port: int,
+    key: str,
+    tls: ssl.SSLContext | None = None,
+) -> int:
+    """Listen on ``host``:``port`` for ``runner``, within the connection limit; returns the
+    bound port. A port that cannot be bound cleans the runner up and raises StartupError
+    naming the config key."""
+    site = LimitedSite(
+        runner, connections, host=host, port=port, ssl_context=tls, reuse_address=True
+    )
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(
+            f"cannot listen on {host}:{port} ({key}): {exc.strerror or exc}"
+        ) from exc
+    return _bound_port(site) or port

@@ -1,14 +1,18 @@
-"""The plugin manager: built by a factory, in a fixed order, and the ways the core calls hooks.
+"""The plugin manager: built by a factory, in a fixed order, and the only place hooks are
+called from.
 
 Order: block-list (``[plugins] disabled``, or everything not in ``enabled``) → built-ins →
 entry points of group ``streamsnap`` → ``check_pending`` (a misspelt hook fails the start).
-Broadcast hooks are walked one implementation at a time so that a plugin that raises is
-logged with its name and the others still run.
+Three ways to call a hook, with the error rules of :mod:`streamsnap.hooks.specs`:
+:meth:`PluginManager.broadcast` (every implementation), :meth:`PluginManager.afirst` (the
+first answer) and :meth:`PluginManager.frame` (``on_frame``, the hot path). ``lifespan`` is
+entered through :meth:`PluginManager.enter_lifespans`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import inspect
 import logging
@@ -24,7 +28,7 @@ import pluggy
 
 from .._version import __version__
 from ..hooks import PROJECT_NAME, specs
-from .config import PluginsConfig
+from .config import Config, PluginsConfig
 from .errors import StartupError, StreamsnapError
 from .hookguard import HookGuard
 
@@ -38,13 +42,14 @@ ENTRY_POINT_GROUP = "streamsnap"
 # publish during their setup), and at shutdown the sources stop first.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "streamsnap.plugins.rest",
+    "streamsnap.plugins.storage",
     "streamsnap.plugins.storage_local",
     "streamsnap.plugins.auto_snapshot",
     "streamsnap.plugins.folder_watch",
     "streamsnap.plugins.metrics",
     "streamsnap.plugins.webrtc",
-    "streamsnap.plugins.wcs_websocket",
-    "streamsnap.plugins.whip",
+    "streamsnap.plugins.webrtc.wcs_websocket",
+    "streamsnap.plugins.webrtc.whip",
     "streamsnap.plugins.web",
     "streamsnap.plugins.rtmp",
     "streamsnap.plugins.pull",
@@ -71,6 +76,7 @@ class PluginManager(pluggy.PluginManager):
         self.add_hookspecs(specs)
         self.guard = HookGuard(slow_hook_s)
         self.sources: dict[str, tuple[str, str]] = {}  # name -> (source, version)
+        self._frame_impls: list[tuple[Any, list[int]]] | None = None
         if os.environ.get("STREAMSNAP_TRACE_PLUGINS"):
             self.trace.root.setwriter(lambda msg: log.info("plugin trace: %s", msg.rstrip()))
             self.enable_tracing()
@@ -85,21 +91,34 @@ class PluginManager(pluggy.PluginManager):
             out.append(PluginInfo(name, version, source, hooks))
         return out
 
-    def broadcast(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call every implementation of a broadcast hook; one that raises is logged and skipped.
+    def declare_settings(self, config: Config) -> None:
+        """Have every plugin's ``settings_sections`` checked into ``config``."""
+        for name, sections in self.broadcast("settings_sections"):
+            for section, cls in (sections or {}).items():
+                if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+                    raise StartupError(f"plugin {name!r}: section [{section}] is not a dataclass")
+                config.declare(section, cls)
 
-        Returns ``(plugin name, result)`` pairs in call order; results may be awaitables. A
-        plugin that blocked the loop before runs its offloadable hooks on its own thread
-        (no result then).
+    def broadcast(
+        self,
+        hook_name: str,
+        per_plugin: Callable[[str], dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> list[tuple[str, Any]]:
+        """Call every implementation of a hook; one that raises is logged and skipped.
+
+        Returns ``(plugin name, result)`` pairs in call order; results may be awaitables.
+        ``per_plugin(name)`` adds arguments of each plugin's own (e.g. a ``register`` that
+        knows who registers). A plugin that blocked the loop before runs its offloadable hooks
+        on its own thread (no result then).
         """
         caller = getattr(self.hook, hook_name)
         guard = self.guard
         stream = kwargs.get("stream")
         results = []
-        for impl in reversed(caller.get_hookimpls()):  # pluggy's own order: last registered first
-            if impl.hookwrapper or impl.wrapper:
-                continue
-            args = tuple(kwargs[a] for a in impl.argnames)
+        for impl in self._impls(caller):
+            given = {**kwargs, **per_plugin(impl.plugin_name)} if per_plugin else kwargs
+            args = tuple(given[a] for a in impl.argnames)
             worker = guard.offloaded(impl.plugin_name, hook_name)
             if worker is not None:
                 worker.submit(hook_name, impl.function, args)
@@ -117,6 +136,40 @@ class PluginManager(pluggy.PluginManager):
             results.append((impl.plugin_name, result))
         return results
 
+    def frame(self, stream: Any, handle: Any, app: Any) -> None:
+        """``on_frame`` for every implementation: :meth:`broadcast`'s rules on the hot path
+        (the argument order worked out once, no result list)."""
+        if self._frame_impls is None:
+            order = ("stream", "frame", "app")
+            self._frame_impls = [
+                (i, [order.index(a) for a in i.argnames]) for i in self._impls(self.hook.on_frame)
+            ]
+        if not self._frame_impls:
+            return
+        args = (stream, handle, app)
+        guard = self.guard
+        for impl, positions in self._frame_impls:
+            call_args = tuple(args[p] for p in positions)
+            worker = guard.offloaded(impl.plugin_name, "on_frame")
+            if worker is not None:
+                worker.submit("on_frame", impl.function, call_args)
+                continue
+            started = time.perf_counter()
+            try:
+                result = impl.function(*call_args)
+            except Exception as exc:
+                guard.failed(impl.plugin_name, "on_frame", exc, stream)
+                continue
+            finally:
+                guard.took(impl.plugin_name, "on_frame", time.perf_counter() - started, stream)
+            if inspect.isawaitable(result):
+                guard.spawn_result(result, impl.plugin_name, "on_frame")
+
+    @staticmethod
+    def _impls(caller: Any) -> list[Any]:
+        """The plain implementations of a hook in pluggy's call order (last registered first)."""
+        return [i for i in reversed(caller.get_hookimpls()) if not (i.hookwrapper or i.wrapper)]
+
     async def abroadcast(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """:meth:`broadcast`, awaiting the implementations that return awaitables."""
         out = []
@@ -124,6 +177,8 @@ class PluginManager(pluggy.PluginManager):
             if inspect.isawaitable(result):
                 try:
                     result = await result
+                except StartupError:
+                    raise
                 except Exception as exc:
                     self.guard.failed(name, hook_name, exc, kwargs.get("stream"))
                     continue
@@ -135,10 +190,7 @@ class PluginManager(pluggy.PluginManager):
         plugins: a plugin finds what those before it set up), each registered on ``stack`` so
         that cleanups run in reverse and only for setups that finished. StartupError
         propagates; another failure leaves that plugin out, logged."""
-        caller = self.hook.lifespan
-        for impl in caller.get_hookimpls():
-            if impl.hookwrapper or impl.wrapper:
-                continue
+        for impl in reversed(self._impls(self.hook.lifespan)):  # registration order
             args = tuple(kwargs[a] for a in impl.argnames)
             try:
                 cm = contextlib.asynccontextmanager(impl.function)(*args)
@@ -149,13 +201,13 @@ class PluginManager(pluggy.PluginManager):
                 self.guard.failed(impl.plugin_name, "lifespan", exc, None)
 
     async def afirstresult(self, hook_name: str, **kwargs: Any) -> Any:
-        """Call a firstresult hook: the first non-None answer wins, awaited if awaitable."""
+        """Call a first-result hook: the first non-None answer wins, awaited if awaitable."""
         return (await self.afirst(hook_name, kwargs))[0]
 
     async def afirst(
         self, hook_name: str, kwargs: dict[str, Any], on_error: Any = None
     ) -> tuple[Any, str]:
-        """The first non-None answer of a firstresult hook and the plugin that gave it.
+        """The first non-None answer of a first-result hook and the plugin that gave it.
 
         Walked here rather than by pluggy so that async implementations can decline too
         (their coroutine is not None until awaited). An implementation that raises is
@@ -163,16 +215,32 @@ class PluginManager(pluggy.PluginManager):
         closed); streamsnap's own errors are answers (e.g. InvalidStreamName from
         ``resolve_stream``) and propagate.
         """
-        caller = getattr(self.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
-            if impl.hookwrapper or impl.wrapper:
-                continue
+        for impl in self._impls(getattr(self.hook, hook_name)):
             try:
                 result = impl.function(*[kwargs[a] for a in impl.argnames])
                 if inspect.isawaitable(result):
                     result = await result
             except StreamsnapError:
                 raise  # a deliberate answer (e.g. InvalidStreamName), not a plugin bug
+            except Exception as exc:
+                self.guard.failed(impl.plugin_name, hook_name, exc, kwargs.get("stream"))
+                if on_error is not None:
+                    return on_error, impl.plugin_name
+                continue
+            if result is not None:
+                return result, impl.plugin_name
+        return None, ""
+
+    def first(
+        self, hook_name: str, kwargs: dict[str, Any], on_error: Any = None
+    ) -> tuple[Any, str]:
+        """:meth:`afirst` for a hook called before the event loop runs (implementations must
+        answer synchronously)."""
+        for impl in self._impls(getattr(self.hook, hook_name)):
+            try:
+                result = impl.function(*[kwargs[a] for a in impl.argnames])
+            except StreamsnapError:
+                raise
             except Exception as exc:
                 self.guard.failed(impl.plugin_name, hook_name, exc, kwargs.get("stream"))
                 if on_error is not None:
@@ -278,39 +346,3 @@ def _register(pm: PluginManager, plugin: object, name: str, source: tuple[str, s
     except (pluggy.PluginValidationError, ValueError) as exc:
         raise StartupError(f"plugin {name!r} cannot be registered: {exc}") from exc
     pm.sources[name] = source
-
-
-class BackendRegistry:
-    """Storage backends contributed by plugins through ``register_storage_backends``."""
-
-    def __init__(self) -> None:
-        self.factories: dict[str, Callable[..., Any]] = {}
-        self.owners: dict[str, str] = {}
-
-    def collect(self, pm: PluginManager) -> None:
-        caller = pm.hook.register_storage_backends
-        for impl in reversed(caller.get_hookimpls()):
-            plugin_name = impl.plugin_name
-
-            def register(name: str, factory: Callable[..., Any], _owner: str = plugin_name) -> None:
-                self.add(name, factory, _owner)
-
-            try:
-                impl.function(register)
-            except StartupError:
-                raise
-            except Exception:
-                log.exception("plugin %s failed in register_storage_backends", plugin_name)
-
-    def add(self, name: str, factory: Callable[..., Any], owner: str) -> None:
-        if not isinstance(name, str) or not name:
-            raise StartupError(f"plugin {owner!r} registered a storage backend without a name")
-        if not callable(factory):
-            raise StartupError(f"plugin {owner!r}: storage backend {name!r} is not callable")
-        if name in self.factories:
-            raise StartupError(
-                f"storage backend {name!r} registered twice: by {self.owners[name]!r} "
-                f"and by {owner!r}"
-            )
-        self.factories[name] = factory
-        self.owners[name] = owner

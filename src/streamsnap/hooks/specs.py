@@ -1,8 +1,26 @@
 """Hook specifications: every extension point of streamsnap, with when it fires and what it returns.
 
-An implementation may return a plain value or an awaitable; the core awaits what it gets.
-Broadcast hooks (``on_*`` except ``on_snapshot_request``) run every implementation even when
-one raises: the failure is logged with the plugin's name.
+An implementation may return a plain value or an awaitable; the core awaits what it gets
+(``on_frame``'s awaitables run as tasks). Every hook is called by
+:class:`streamsnap.core.plugins.PluginManager`, in one of three ways: every implementation in
+turn (a broadcast), until the first non-None answer (hooks marked firstresult), or on the hot
+path of ``on_frame``; the same rules hold for all.
+
+Error rules
+
+1. ``StartupError`` (``ConfigError`` included), raised by a plain or an async implementation of
+   any hook called while the server starts (``settings_sections``, ``make_stream_registry``,
+   ``register_storage_backends``, ``register_routes``, the setup of ``lifespan``,
+   ``on_startup``), stops the start with its message; what was set up is cleaned up.
+2. streamsnap's own errors raised by a firstresult hook (``InvalidStreamName``, ``NotAllowed``
+   from ``resolve_stream``) are answers: they reach the client that asked.
+3. Any other exception is logged with the plugin's and the hook's name, and that
+   implementation is skipped: the other plugins still run, the server keeps serving. Two hooks
+   fail closed instead: an ``authorize_publish`` that raises refuses the publisher, a
+   ``make_stream_registry`` that raises stops the start.
+4. A plain implementation of ``on_frame`` or ``on_snapshot_saved`` that holds the event loop
+   longer than ``[plugins] slow_hook_s`` is logged; that plugin's calls of those two hooks then
+   run on a thread of its own, dropped while its backlog is full.
 """
 
 from __future__ import annotations
@@ -29,6 +47,21 @@ def register_storage_backends(register: Callable[[str, Callable[..., Any]], None
     Fires once while the app is built. ``factory(config: dict)`` must return an object with an
     async ``store(stream, path)`` method. Names must be unique; a duplicate is refused with an
     error naming both plugins.
+    """
+
+
+@_hookspec
+def settings_sections() -> dict[str, type] | None:
+    """The config sections this plugin owns: ``{"name": SettingsDataclass}``.
+
+    Fires once, while the app is built, before any other hook. The core reads ``[name]`` into
+    the dataclass the way it reads its own sections (an unknown key is warned about by name; a
+    value of the wrong type, or outside a range declared with
+    :func:`streamsnap.core.config.setting`, stops the start naming key and value; a
+    ``check(self)`` method may refuse combinations by raising ``ConfigError``); the plugin
+    then gets it with ``app.config.of(SettingsDataclass)``. Environment variables
+    ``STREAMSNAP_<NAME>_<KEY>`` override the file. A class attribute ``aliases`` names older
+    sections read first, with a warning to rename them.
     """
 
 

@@ -81,9 +81,20 @@ class AutoSnapshotter:
             str(o.get("name")): o for o in self.config.snapshot_auto_streams if "name" in o
         }
 
+    # ---- the public interface: what the pages, the folder watcher and /metrics read
     def folder_stream(self, folder_name: str) -> Stream | None:
         """The stream whose snapshots go to ``folder_name`` (it may have ended since)."""
         return self.folders.get(folder_name)
+
+    def folder_of(self, stream: Stream) -> Path | None:
+        """The folder the live ``stream``'s snapshots go to, per-stream settings included;
+        None when it writes none."""
+        target = self.targets.get(stream.media_session_id)
+        return target.folder if target is not None and target.stream is stream else None
+
+    def write_errors(self) -> list[tuple[str, int]]:
+        """``(stream name, files that could not be written)`` of every live stream."""
+        return [(t.stream.name, t.errors) for t in list(self.targets.values())]
 
     async def publish(self, stream: Stream) -> None:
         cfg = self.config

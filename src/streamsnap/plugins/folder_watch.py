@@ -15,6 +15,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from watchdog.events import (
@@ -34,6 +35,11 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~", ".swp")
 REMEMBERED = 4096
+
+
+@dataclass
+class FolderWatchSettings:
+    dirs: list[str] = field(default_factory=list)  # watched besides snapshot_auto_dir
 
 
 def is_snapshot_file(path: str) -> bool:
@@ -64,7 +70,7 @@ class FolderWatcher:
         self.loop = asyncio.get_running_loop()
         self.dirs = [
             Path(app.config.snapshot.snapshot_auto_dir),
-            *(Path(d) for d in app.config.folder_watch.dirs),
+            *(Path(d) for d in app.config.of(FolderWatchSettings).dirs),
         ]
         # what paths must resolve into: the watched folders themselves, symlinks resolved
         self._real_dirs = [os.path.realpath(d) for d in self.dirs]
@@ -117,6 +123,11 @@ class FolderWatcher:
         folder = os.path.basename(os.path.dirname(path))
         stream = snapshotter.folder_stream(folder) if snapshotter is not None else None
         self.app.spawn(self.app.snapshot_saved(stream, path), name="on_snapshot_saved")
+
+
+@hookimpl
+def settings_sections() -> dict[str, type]:
+    return {"folder_watch": FolderWatchSettings}
 
 
 @hookimpl

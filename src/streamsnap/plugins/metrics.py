@@ -143,7 +143,7 @@ def render(app: App) -> str:
         "streamsnap_snapshots_in_progress",
         "gauge",
         "REST and WebSocket snapshot requests being served ([limits] max_concurrent_snapshots).",
-        [(app.snapshots_in_flight, None)],
+        [(app.admission.snapshots_in_flight, None)],
     )
     metric(
         "streamsnap_refused_total",
@@ -178,7 +178,7 @@ def render(app: App) -> str:
             "streamsnap_auto_snapshot_stream_write_errors_total",
             "counter",
             "Auto-snapshot files that could not be written, per live stream.",
-            [(t.errors, {"stream": t.stream.name}) for t in list(auto.targets.values())],
+            [(n, {"stream": name}) for name, n in auto.write_errors()],
         )
     pulls = app.state.get(PULL)
     if pulls is not None:
@@ -186,16 +186,16 @@ def render(app: App) -> str:
             "streamsnap_child_starts_total",
             "counter",
             "FFmpeg children started per pull.",
-            [(c.supervisor.starts, {"stream": c.name}) for c in pulls.cameras.values()],
+            [(starts, {"stream": name}) for name, starts, _ in pulls.children()],
         )
         metric(
             "streamsnap_child_exits_total",
             "counter",
             "FFmpeg children that ended per pull, by why (exited, stall, timeout, auth...).",
             [
-                (n, {"stream": c.name, "kind": kind})
-                for c in pulls.cameras.values()
-                for kind, n in sorted(c.supervisor.exits.items())
+                (n, {"stream": name, "kind": kind})
+                for name, _, exits in pulls.children()
+                for kind, n in sorted(exits.items())
             ],
         )
     metric(

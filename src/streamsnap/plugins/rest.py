@@ -52,7 +52,7 @@ async def _snapshot(request: web.Request, name: str, req: SnapshotRequest) -> Sn
     """Take the snapshot within ``[limits] max_concurrent_snapshots``; failures are logged."""
     app = _app(request)
     try:
-        with app.snapshot_slot(name, request.remote or ""):
+        with app.admission.snapshot_slot(name, request.remote or ""):
             return await app.snapshot(name, req)
     except SnapshotError as exc:
         log.warning("stream %s: %s snapshot failed: %s", mask_credentials(name), req.source, exc)

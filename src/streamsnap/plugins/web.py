@@ -22,10 +22,11 @@ from aiohttp import web
 
 from ..core.app import APP_KEY, App
 from ..core.http import Route, open_route
-from ..core.names import safe_name
 from ..core.state import StateKey
 from ..core.streams import Stream
 from ..hooks import hookimpl
+from .auto_snapshot import AUTO_SNAPSHOT
+from .webrtc.settings import WebRtcSettings
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +115,11 @@ def _newest_file(folder: Path) -> Path | None:
 async def gallery_state(request: web.Request) -> web.Response:
     """Every live stream and its newest snapshot file (if auto snapshots write one)."""
     app = request.app[APP_KEY]
-    cfg = app.config.snapshot
-    root = Path(cfg.snapshot_auto_dir)
+    auto = app.state.get(AUTO_SNAPSHOT)
     streams = []
     for stream in app.streams:
-        folder = root / safe_name(
-            stream.media_session_id if cfg.snapshot_auto_naming == "mediaSessionId" else stream.name
-        )
-        newest = await asyncio.to_thread(_newest_file, folder)
+        folder = auto.folder_of(stream) if auto is not None else None
+        newest = await asyncio.to_thread(_newest_file, folder) if folder is not None else None
         streams.append(
             {
                 "name": stream.name,
@@ -201,7 +199,11 @@ def register_routes(app: App) -> list[web.AbstractRouteDef | Route]:
         web.static("/snapshots", snapshots),
         open_route(web.static("/pages", PAGES)),
     ]
-    sdk = find_sdk(app.config.webrtc.sdk_dir)
+    try:
+        sdk_dir = app.config.of(WebRtcSettings).sdk_dir
+    except LookupError:  # the webrtc plugin is left out: the pages cannot publish or play
+        sdk_dir = ""
+    sdk = find_sdk(sdk_dir)
     if sdk is None:
         log.warning(
             "Flashphoner WebSDK not found (npm install, or [webrtc] sdk_dir): the pages "

@@ -10,8 +10,10 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from ...core.app import App
+from ...core.config import setting
 from ...core.errors import StartupError
 from ...core.state import StateKey
 from ...hooks import hookimpl
@@ -20,10 +22,18 @@ from .session import RtmpSession
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class RtmpSettings:
+    chunk_size: int = setting(4096, minimum=128, maximum=0x7FFFFFFF)
+    handshake_timeout_s: float = setting(10.0, minimum=0.1)
+    idle_timeout_s: float = setting(30.0, minimum=0.1)
+    max_message_bytes: int = setting(16 * 1024 * 1024, minimum=1024)  # larger: connection closed
+
+
 class RtmpServer:
     def __init__(self, app: App) -> None:
         self.app = app
-        self.config = app.config.rtmp
+        self.config = app.config.of(RtmpSettings)
         self.sessions: set[RtmpSession] = set()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -77,6 +87,11 @@ class RtmpServer:
 
 
 RTMP: StateKey[RtmpServer] = StateKey("rtmp", RtmpServer)
+
+
+@hookimpl
+def settings_sections() -> dict[str, type]:
+    return {"rtmp": RtmpSettings}
 
 
 @hookimpl

@@ -38,8 +38,8 @@ from .chunks import (
 
 if TYPE_CHECKING:
     from ...core.app import App
-    from ...core.config import RtmpConfig
     from ...core.streams import Stream
+    from . import RtmpSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _query(text: str) -> dict[str, str]:
 class RtmpSession(asyncio.Protocol):
     """Server side of one TCP connection."""
 
-    def __init__(self, app: App, config: RtmpConfig, sessions: set[RtmpSession]) -> None:
+    def __init__(self, app: App, config: RtmpSettings, sessions: set[RtmpSession]) -> None:
         self.app = app
         self.config = config
         self.sessions = sessions
@@ -319,7 +319,7 @@ class RtmpSession(asyncio.Protocol):
         """Ask the app (name, hook, publish key, limits) and claim the stream, or refuse."""
         name = stream.name
         try:
-            await self.app.admit(stream, params)
+            await self.app.admission.admit(stream, params)
         except Refused as exc:
             code = REFUSED_CODES.get(exc.kind, "NetStream.Publish.Rejected")
             self._status(stream_id, "error", code, f"publish of {name!r} refused: {exc}")

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiortc import RTCPeerConnection
 
-from ..core.app import APP_KEY, App
-from ..core.errors import Refused, StreamNameInUse
-from ..core.http import Route, guarded_route, open_route
-from ..core.state import StateKey
-from ..core.streams import Stream
-from ..hooks import hookimpl
-from . import webrtc
+from ...core.app import APP_KEY, App
+from ...core.errors import Refused, StreamNameInUse
+from ...core.http import Route, guarded_route, open_route
+from ...core.state import StateKey
+from ...core.streams import Stream
+from ...hooks import hookimpl
+from .engine import engine_of, require
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +83,19 @@ async def publish(request: web.Request) -> web.Response:
     async def end(reason: str) -> None:
         if sessions.pop(session.id, None) is not None:
             if session.pc is not None:
-                await webrtc.engine(app).close(session.pc)
+                await engine_of(app).close(session.pc)
             await app.unpublish(session.stream, reason)
 
     session.stream.terminator = end
     params = {k: v for k, v in request.query.items() if k != "access_token"}  # not for plugins
-    user = await app.api_user(request)
+    user = await app.access.api_user(request)
     scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
     if user:
         params["user"] = user
     elif scheme.lower() == "bearer" and bearer.strip() and "key" not in params:
         params["key"] = bearer.strip()
     try:
-        await app.admit(session.stream, params, user=user)
+        await app.admission.admit(session.stream, params, user=user)
     except StreamNameInUse:
         return _problem(409, f"stream {name!r} is already published")
     except Refused as exc:
@@ -108,7 +108,7 @@ async def publish(request: web.Request) -> web.Response:
         return response
     sessions[session.id] = session
     try:
-        session.pc, answer = await webrtc.engine(app).publish(
+        session.pc, answer = await engine_of(app).publish(
             session.stream, offer, on_closed=lambda state: end(f"WebRTC {state}")
         )
     except Exception as exc:
@@ -149,7 +149,7 @@ def _publisher(request: web.Request) -> bool:
     """A WHIP request may come without API credentials when it carries its stream's publish
     key (as the bearer token, what WHIP clients send, or ``?key=``), or, with ``[auth]
     open_publish``, for a stream without a key of its own. The publish itself is decided
-    again by ``App.admit``."""
+    again by ``Admission.admit``."""
     auth = request.app[APP_KEY].auth
     key = auth.key_for(request.match_info["name"])
     if key is None:
@@ -172,7 +172,7 @@ def register_routes(app: App) -> list[Route]:
 
 @hookimpl
 async def lifespan(app: App) -> AsyncIterator[None]:
-    webrtc.require(app, "whip")
+    require(app, "whip")
     yield
     for session in list(_sessions(app).values()):
         await app.terminate(session.stream, "server shutting down")

@@ -1,4 +1,4 @@
-"""WebRTC with aiortc: ingest of browser/WHIP publishers, and playback of any stream.
+"""The WebRTC engine (aiortc): ingest of browser/WHIP publishers, and playback of any stream.
 
 Publishing: aiortc decodes every received frame; the engine always drains the receiver (aiortc's
 queue is unbounded) and keeps only the newest picture in the stream's frame store, so memory
@@ -18,7 +18,6 @@ import fractions
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import aioice.ice
@@ -32,14 +31,13 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
-from ..core.app import App
-from ..core.errors import StartupError
-from ..core.state import StateKey
-from ..hooks import hookimpl
+from ...core.app import App
+from ...core.errors import StartupError
+from ...core.state import StateKey
+from .settings import WebRtcSettings
 
 if TYPE_CHECKING:
-    from ..core.config import WebRtcConfig
-    from ..core.streams import Stream
+    from ...core.streams import Stream
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +46,7 @@ _CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$
 _original_host_addresses = aioice.ice.get_host_addresses
 
 
-def configure_ice(config: WebRtcConfig) -> None:
+def configure_ice(config: WebRtcSettings) -> None:
     """Make aioice gather host candidates on the configured addresses only."""
     addresses = list(config.ice_addresses)
     if not addresses:
@@ -96,7 +94,7 @@ class PictureTrack(MediaStreamTrack):
 class WebRtcEngine:
     def __init__(self, app: App) -> None:
         self.app = app
-        self.config = app.config.webrtc
+        self.config = app.config.of(WebRtcSettings)
         self.peers: set[RTCPeerConnection] = set()
 
     def _configuration(self) -> RTCConfiguration:
@@ -234,7 +232,7 @@ def video_codec_of(sdp: str) -> str:
 WEBRTC: StateKey[WebRtcEngine] = StateKey("webrtc", WebRtcEngine)
 
 
-def engine(app: App) -> WebRtcEngine:
+def engine_of(app: App) -> WebRtcEngine:
     """The app's WebRTC engine, made by this plugin's lifespan (the WebSocket API and WHIP use
     it; they refuse to start without this plugin, see :func:`require`)."""
     return app.state[WEBRTC]
@@ -247,12 +245,3 @@ def require(app: App, plugin: str) -> None:
             f"plugin {plugin!r} needs the 'webrtc' plugin, which [plugins] leaves out: enable "
             f"webrtc, or disable {plugin} too"
         )
-
-
-@hookimpl
-async def lifespan(app: App) -> AsyncIterator[None]:
-    configure_ice(app.config.webrtc)
-    eng = app.state[WEBRTC] = WebRtcEngine(app)
-    yield
-    app.state.pop(WEBRTC)
-    await eng.close_all()
