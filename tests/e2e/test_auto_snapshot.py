@@ -275,3 +275,35 @@ def test_sigterm_shuts_down_cleanly_and_loses_no_file(make_server, tmp_path):
         with Image.open(path) as img:
             img.load()
     assert "shutting down" in srv.log
+
+
+def test_gallery_finds_each_stream_in_the_folder_it_really_writes(make_server, tmp_path):
+    """The gallery asks the auto-snapshot plugin where a stream's files go: a per-stream
+    ``naming`` override is honoured (the pages used to recompute the folder from the global
+    naming, and showed nothing for such a stream)."""
+    from tests.helpers.server import wait_for
+
+    srv = auto_server(
+        make_server,
+        tmp_path,
+        snapshot_auto_naming="mediaSessionId",
+        snapshot_auto_streams=[{"name": "by-name", "naming": "streamName"}],
+    )
+    pubs = [ffmpeg_testsrc(srv.rtmp_url(n), size="320x240") for n in ("by-name", "by-session")]
+    try:
+        for name in ("by-name", "by-session"):
+            srv.wait_stream(name, frames=40)
+
+        def gallery() -> dict:
+            status, raw, _ = srv.request("GET", "/gallery.json")
+            assert status == 200
+            streams = {s["name"]: s for s in json.loads(raw)["streams"]}
+            return streams if all(s["snapshot"] for s in streams.values()) else {}
+
+        streams = wait_for(gallery, 15, "a snapshot of both streams in the gallery")
+        assert re.search(r"^/snapshots/by-name/by-name_\d{8}\.png$", streams["by-name"]["snapshot"])
+        msid = streams["by-session"]["mediaSessionId"]
+        assert streams["by-session"]["snapshot"].startswith(f"/snapshots/{msid}/by-session_")
+    finally:
+        for p in pubs:
+            p.stop()

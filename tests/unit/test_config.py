@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from streamsnap.core import config
+from streamsnap.core.app import App
 from streamsnap.core.errors import ConfigError
+from streamsnap.core.plugins import make_plugin_manager
 from streamsnap.plugins.rtmp import RtmpSettings
 
 
@@ -32,6 +34,10 @@ def test_example_configs_load_cleanly(caplog):
     assert not caplog.records, caplog.text
     assert toml.server.http_port == 8081
     assert props.snapshot.snapshot_auto_naming == "streamName"
+    with caplog.at_level(logging.WARNING):  # the plugins' sections, checked as the app is built
+        for cfg in (toml, props):
+            App(cfg, make_plugin_manager(cfg.plugins, load_entry_points=False)).auth.close()
+    assert not caplog.records, caplog.text
 
 
 def test_toml_values_and_env_override(tmp_path):

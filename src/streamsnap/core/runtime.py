@@ -63,17 +63,14 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     # full disk, not kill the server.
     with contextlib.suppress(AttributeError, ValueError):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    # Decoding threads release the GIL inside FFmpeg (decoding, colour conversion) and must
-    # win it back from the event loop. With Python's 5 ms switch interval a busy loop (200 requests
-    # being read) made every hand-back wait up to 5 ms: decoding a 720p GOP took 700 ms next to
-    # a busy Python thread instead of 97 ms alone; with 0.2 ms it takes 119 ms.
+    # Decoding threads hand the GIL back after every FFmpeg call; a short switch interval
+    # keeps a busy event loop from making each hand-back wait (figures: BENCHMARKS.md).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     allocator.keep_picture_buffers()
     app = App(config)
     await app.start()
-    # Everything loaded at start-up (modules, plugins, codecs: ~70k objects) lives as long as
-    # the server: moved out of the collector's reach, a full collection no longer walks it on
-    # the event loop (33-38 ms each, measured here, stalling every request in flight).
+    # What start-up loaded lives as long as the server: out of the collector's reach, a full
+    # collection no longer walks it on the event loop (figures: BENCHMARKS.md).
     gc.freeze()
     try:
         await stop.wait()

@@ -18,7 +18,6 @@ from typing import Any
 
 from .errors import StreamNameInUse, StreamNotFound
 from .frames import FrameStore
-from .supervisor import mask_credentials
 
 Terminator = Callable[[str], Awaitable[None] | None]
 
@@ -74,36 +73,6 @@ class Stream:
     @property
     def has_video(self) -> bool:
         return self.frames.frames_in > 0 or bool(self.frames.codec_name)
-
-    def describe(self) -> dict[str, Any]:
-        """The WCS stream object (REST ``/stream/find``), with streamsnap's own extras; a
-        pulled stream's name shows no credentials or secret query values."""
-        frames = self.frames
-        return {
-            "appKey": self.app_name,
-            "mediaSessionId": self.media_session_id,
-            "name": mask_credentials(self.name),
-            "published": True,
-            "hasVideo": self.has_video,
-            "hasAudio": self.has_audio,
-            "status": self.status,
-            "audioCodec": self.audio_codec,
-            "videoCodec": frames.codec_name,
-            "record": False,
-            "width": frames.width,
-            "height": frames.height,
-            "bitrate": frames.bitrate_kbps(),
-            "fps": round(frames.fps(), 2),
-            "gop": frames.gop_length,
-            "createDate": self.created_ms,
-            "mediaType": "publish",
-            "mediaProvider": self.protocol.upper(),
-            "protocol": self.protocol,
-            "framesIn": frames.frames_in,
-            "info": self.failure,
-            "decode": "continuous" if frames.continuous else "lazy",
-            "faults": dict(self.faults),
-        }
 
     def __repr__(self) -> str:
         return f"Stream({self.name!r}, {self.protocol}, {self.media_session_id})"

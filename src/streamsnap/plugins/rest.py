@@ -29,6 +29,7 @@ from ..core.http import (
 )
 from ..core.imaging import FORMATS
 from ..core.snapshot import Snapshot, SnapshotRequest
+from ..core.streams import Stream
 from ..core.supervisor import mask_credentials
 from ..hooks import hookimpl
 
@@ -128,6 +129,37 @@ def _filters(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def stream_json(stream: Stream) -> dict[str, Any]:
+    """The WCS stream object (REST ``/stream/find``), with streamsnap's own extras; a
+    pulled stream's name shows no credentials or secret query values."""
+    frames = stream.frames
+    return {
+        "appKey": stream.app_name,
+        "mediaSessionId": stream.media_session_id,
+        "name": mask_credentials(stream.name),
+        "published": True,
+        "hasVideo": stream.has_video,
+        "hasAudio": stream.has_audio,
+        "status": stream.status,
+        "audioCodec": stream.audio_codec,
+        "videoCodec": frames.codec_name,
+        "record": False,
+        "width": frames.width,
+        "height": frames.height,
+        "bitrate": frames.bitrate_kbps(),
+        "fps": round(frames.fps(), 2),
+        "gop": frames.gop_length,
+        "createDate": stream.created_ms,
+        "mediaType": "publish",
+        "mediaProvider": stream.protocol.upper(),
+        "protocol": stream.protocol,
+        "framesIn": frames.frames_in,
+        "info": stream.failure,
+        "decode": "continuous" if frames.continuous else "lazy",
+        "faults": dict(stream.faults),
+    }
+
+
 async def find(request: web.Request) -> web.Response:
     """``/rest-api/stream/find``: streams matching ``name``/``mediaSessionId``/``published``.
 
@@ -145,7 +177,7 @@ async def find(request: web.Request) -> web.Response:
         return failure_response(request, exc)
     if not streams:
         return error_response(request, 404, "Stream not found")
-    return web.json_response([s.describe() for s in streams])
+    return web.json_response([stream_json(s) for s in streams])
 
 
 async def find_all(request: web.Request) -> web.Response:
@@ -156,7 +188,7 @@ async def find_all(request: web.Request) -> web.Response:
     streams = list(_app(request).streams)
     if not streams:
         return error_response(request, 404, "Stream not found")
-    return web.json_response([s.describe() for s in streams])
+    return web.json_response([stream_json(s) for s in streams])
 
 
 async def terminate(request: web.Request) -> web.Response:
