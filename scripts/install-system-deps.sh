@@ -24,6 +24,8 @@ fi
   >/dev/null 2>&1 || missing+=(python3-gi gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-rtsp)
 # a real browser for the WebRTC tests (driven by Playwright, never its own downloaded build)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# Redis: the registry the cluster tests' nodes share
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # nginx-rtmp: the RTMP origin the pull tests pull from, and the benchmark's anchor
 [ -e /usr/lib/nginx/modules/ngx_rtmp_module.so ] || missing+=(nginx libnginx-mod-rtmp)
 

@@ -679,3 +679,100 @@ def test_the_error_rules_are_written_once():
     rules = specs.__doc__.split("Error rules", 1)[1].strip().replace("``", "`")
     guide = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
     assert " ".join(rules.split()) in " ".join(guide.split())
+
+
+async def test_hook_snapshot_elsewhere():
+    """A name not held here is asked of the plugins first; their picture is the answer, over
+    REST too, and None leaves the usual resolution (404)."""
+    from aiohttp import ClientSession
+
+    asked = []
+
+    class Elsewhere:
+        @hookimpl
+        async def snapshot_elsewhere(self, app, name, request):
+            asked.append((name, request.format))
+            if name != "far":
+                return None
+            return Snapshot(b"\x89PNG-from-afar", "png", 2, 2, name, media_session_id="m1")
+
+    app = await _app_with(("elsewhere", Elsewhere()))
+    try:
+        snap = await app.snapshot("far")
+        assert snap.data == b"\x89PNG-from-afar" and snap.media_session_id == "m1"
+        with pytest.raises(StreamNotFound):
+            await app.snapshot("nowhere")
+        url = f"http://127.0.0.1:{app.ports['http']}/rest-api/stream/snapshot"
+        async with ClientSession() as http, http.post(url, json={"streamName": "far"}) as resp:
+            assert resp.status == 200 and (await resp.json())["data"]
+        assert asked == [("far", "png"), ("nowhere", "png"), ("far", "png")]
+    finally:
+        await app.stop()
+
+
+async def test_hook_forward_request():
+    """find and terminate that match nothing here, and every find_all, may be answered by a
+    plugin (a cluster asks the other nodes); None answers from here alone."""
+    from aiohttp import ClientSession, web
+
+    seen = []
+
+    class Forward:
+        @hookimpl
+        async def forward_request(self, app, request, body):
+            seen.append((request.path, body))
+            if body.get("name") == "remote" or request.path.endswith("/find_all"):
+                return web.json_response([{"name": "remote", "node": "b"}])
+            return None
+
+    app = await _app_with(("forward", Forward()))
+    base = f"http://127.0.0.1:{app.ports['http']}/rest-api/stream"
+    try:
+        async with ClientSession() as http:
+            async with http.post(base + "/find", json={"name": "remote"}) as resp:
+                assert resp.status == 200 and (await resp.json())[0]["node"] == "b"
+            async with http.post(base + "/find", json={"name": "absent"}) as resp:
+                assert resp.status == 404
+            async with http.post(base + "/find_all", json={}) as resp:
+                assert (await resp.json()) == [{"name": "remote", "node": "b"}]
+            async with http.post(base + "/terminate", json={"name": "remote"}) as resp:
+                assert resp.status == 200
+        assert [p.rsplit("/", 1)[1] for p, _ in seen] == ["find", "find", "find_all", "terminate"]
+    finally:
+        await app.stop()
+
+
+async def test_hook_authenticate_request():
+    """A plugin may prove who sent a request (it then passes [auth] like API credentials) or
+    refuse it (403); open routes are not asked about."""
+    from aiohttp import ClientSession
+
+    from streamsnap.core.errors import NotAllowed
+
+    class Proof:
+        @hookimpl
+        def authenticate_request(self, app, request):
+            if request.headers.get("X-Proof") == "good":
+                return "prover"
+            if "X-Proof" in request.headers:
+                raise NotAllowed("that proof is forged")
+            return None
+
+    pm = make_plugin_manager(PluginsConfig(), load_entry_points=False, extra=[("proof", Proof())])
+    cfg = _config()
+    cfg.auth.token = "t0ken-of-the-test"
+    app = App(cfg, pm)
+    await app.start()
+    url = f"http://127.0.0.1:{app.ports['http']}"
+    try:
+        async with ClientSession() as http:
+            async with http.get(url + "/plugins") as resp:
+                assert resp.status == 401  # no credentials, no proof
+            async with http.get(url + "/plugins", headers={"X-Proof": "good"}) as resp:
+                assert resp.status == 200
+            async with http.get(url + "/plugins", headers={"X-Proof": "bad"}) as resp:
+                assert resp.status == 403 and "forged" in (await resp.json())["message"]
+            async with http.get(url + "/healthz", headers={"X-Proof": "bad"}) as resp:
+                assert resp.status == 200  # open: nobody asked
+    finally:
+        await app.stop()

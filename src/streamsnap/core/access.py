@@ -10,14 +10,18 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from .auth import Authenticator, LoginThrottled
 from .config import Config
+from .errors import NotAllowed
 from .http import Guard, Route, error_response
+
+if TYPE_CHECKING:
+    from .app import App
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,8 @@ def _first_segment(path: str) -> str:
 class Access:
     """The routes' declared access and the credentials check in front of them."""
 
-    def __init__(self, auth: Authenticator, refused: Counter[str]) -> None:
+    def __init__(self, app: App, auth: Authenticator, refused: Counter[str]) -> None:
+        self.app = app
         self.auth = auth
         self.refused = refused
         self._routes: dict[Any, str | Guard] = {}  # route -> its declared access
@@ -99,6 +104,16 @@ class Access:
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """With ``[auth]`` on, the APIs (not the pages) need credentials."""
         access = self.of_request(request)
+        if access != "open":
+            try:  # a plugin may prove who sent it (authenticate_request), or refuse it
+                by, _ = await self.app.pm.afirst(
+                    "authenticate_request", {"app": self.app, "request": request}
+                )
+            except NotAllowed as exc:
+                self.refused["authenticate_request"] += 1
+                return error_response(request, exc.status, str(exc))
+            if by:
+                request[API_USER] = by
         if self.auth.enabled and request.method != "OPTIONS" and access != "open":
             if callable(access) and access(request):
                 request[API_USER] = ""  # let in by the route's own rule, not as an API user

@@ -46,6 +46,7 @@ class App:
         self.config = config
         self.pm = pm if pm is not None else make_plugin_manager(config.plugins)
         self.pm.declare_settings(config)  # the plugins' sections, checked before anything runs
+        self.state = State()  # what plugins own for this app, under their StateKeys
         self.streams = self._make_registry()
         workers = config.snapshot.workers or max(1, os.cpu_count() or 1)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshot")
@@ -55,7 +56,6 @@ class App:
         self.snapshots = SnapshotService(config.snapshot, self.executor)
         self.decoding = DecodePolicy(self)
         self.ports: dict[str, int] = {}  # what each listener really bound ("http", "rtmp", ...)
-        self.state = State()  # what plugins own for this app, under their StateKeys
         self._lifespans = contextlib.AsyncExitStack()  # plugins' lifespans, cleaned up on stop
         self.web: web.Application | None = None
         self.tls: ssl.SSLContext | None = None  # with [server] tls_cert/tls_key, once started
@@ -67,7 +67,7 @@ class App:
         )
         self.admission = Admission(self)
         self.refused: Counter[str] = self.admission.refused  # refusals by rule, for /metrics
-        self.access = Access(self.auth, self.refused)
+        self.access = Access(self, self.auth, self.refused)
         self.connections = ConnectionLimiter(config.limits.max_connections_per_ip, self.refused)
         self.hosts = HostCheck(config.server.server_names, self.refused)
         self.pm.guard.spawn = lambda coro, name: self.spawn(coro, name=name)
@@ -268,6 +268,12 @@ class App:
         """The current picture of stream ``name`` (raises StreamNotFound, SnapshotError);
         ``request.pull_for`` may start a pull for that client."""
         request = request or SnapshotRequest()
+        if self.streams.lookup(name) is None:  # perhaps held by another node of a cluster
+            answer = await self.pm.afirstresult(
+                "snapshot_elsewhere", app=self, name=name, request=request
+            )
+            if answer is not None:
+                return answer
         stream = await self.resolve(name, request.pull_for)
         self.decoding.note_request(stream)
         answer = await self.pm.afirstresult("on_snapshot_request", stream=stream, request=request)

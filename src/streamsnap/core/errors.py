@@ -34,6 +34,11 @@ class NotAllowed(StreamsnapError):
         self.status = status
 
 
+class Unavailable(StreamsnapError):
+    """What a request needs cannot be reached now (another node of the cluster, the cluster's
+    registry); REST answers 503 with the reason, at once."""
+
+
 class StreamNameInUse(StreamsnapError):
     """A second publisher tried to take a name that is live."""
 

@@ -15,7 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import InvalidStreamName, NotAllowed, Refused, SnapshotError, StreamNotFound
+from .errors import (
+    InvalidStreamName,
+    NotAllowed,
+    Refused,
+    SnapshotError,
+    StreamNotFound,
+    Unavailable,
+)
 
 MAX_BODY = 64 * 1024
 
@@ -99,6 +106,17 @@ class BadRequest(Exception):
         self.status = status
 
 
+RAW_BODY: web.RequestKey[bytes] = web.RequestKey("streamsnap_raw_body", bytes)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, at most ``MAX_BODY + 1`` bytes, read once and kept on the request
+    (a plugin that checks it, e.g. a signature, and the handler both read it)."""
+    if RAW_BODY not in request:
+        request[RAW_BODY] = await request.content.read(MAX_BODY + 1)
+    return request[RAW_BODY]
+
+
 async def json_body(request: web.Request, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """The request's JSON object (empty for no body); BadRequest with a precise message.
 
@@ -115,7 +133,7 @@ async def json_body(request: web.Request, required: tuple[str, ...] = ()) -> dic
         raise BadRequest(
             f"request body of {request.content_length} bytes exceeds {MAX_BODY} bytes", 413
         )
-    raw = await request.content.read(MAX_BODY + 1)
+    raw = await read_body(request)
     if len(raw) > MAX_BODY:
         raise BadRequest(f"request body exceeds {MAX_BODY} bytes", 413)
     if not raw.strip():
@@ -150,8 +168,18 @@ def failure_response(request: web.Request, exc: Exception) -> web.Response:
         return error_response(request, exc.status, str(exc))
     if isinstance(exc, SnapshotError):
         return error_response(request, 500, str(exc) or "Snapshot taking error")
+    if isinstance(exc, Unavailable):
+        return error_response(request, 503, str(exc), headers={"Retry-After": "1"})
     raise exc
 
 
 # what a stream request may fail with: caught and answered by failure_response
-FAILURES = (BadRequest, Refused, StreamNotFound, InvalidStreamName, NotAllowed, SnapshotError)
+FAILURES = (
+    BadRequest,
+    Refused,
+    StreamNotFound,
+    InvalidStreamName,
+    NotAllowed,
+    SnapshotError,
+    Unavailable,
+)

@@ -42,6 +42,7 @@ ENTRY_POINT_GROUP = "streamsnap"
 # publish during their setup), and at shutdown the sources stop first.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "streamsnap.plugins.rest",
+    "streamsnap.plugins.cluster",
     "streamsnap.plugins.storage",
     "streamsnap.plugins.storage_local",
     "streamsnap.plugins.auto_snapshot",

@@ -77,6 +77,47 @@ def make_stream_registry(app: App) -> StreamRegistry | None:
     """
 
 
+@_hookspec(firstresult=True)
+def authenticate_request(app: App, request: web.Request) -> str | None:
+    """Who sent ``request``, for a request to a route that is not open: return a name (the
+    request then counts as having API credentials: e.g. a node of the cluster proving it with
+    a signature), or None for no opinion. Raise :class:`streamsnap.core.errors.NotAllowed` to
+    refuse the request (403 with the message; a forged or replayed forward).
+
+    Fires for every such request, before the ``[auth]`` check, also when ``[auth]`` is off:
+    keep the common case (a request that is none of yours) to a header lookup. May return an
+    awaitable. Stops at the first non-None result.
+    """
+
+
+@_hookspec(firstresult=True)
+def snapshot_elsewhere(app: App, name: str, request: SnapshotRequest) -> Snapshot | None:
+    """A snapshot of ``name``, which this server does not hold, is asked for (REST, image
+    GETs, WebSocket): a plugin that can get it elsewhere (from the node of a cluster that
+    holds the stream) returns it, or None to let this server resolve the name as usual (a
+    pull, or 404).
+
+    Fires before ``resolve_stream``. May return an awaitable; raise
+    :class:`streamsnap.core.errors.Unavailable` (503) when the holder cannot be reached, or
+    the error the holder answered (``StreamNotFound``, ``SnapshotError``). Stops at the first
+    non-None result.
+    """
+
+
+@_hookspec(firstresult=True)
+def forward_request(
+    app: App, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse | None:
+    """A REST request about streams this server may not hold: ``find`` or ``terminate`` that
+    matched nothing here, and every ``find_all``. A plugin returns the answer to give instead
+    (in a cluster: the holder's answer, or for ``find_all`` every node's streams), or None to
+    answer from this server alone. ``body`` is the request's JSON object, already checked.
+
+    May return an awaitable; raise :class:`streamsnap.core.errors.Unavailable` (503) when the
+    holder cannot be reached. Stops at the first non-None result.
+    """
+
+
 @_hookspec
 def register_routes(app: App) -> list[web.RouteDef] | None:
     """Contribute HTTP routes to the server on ``http_port``.

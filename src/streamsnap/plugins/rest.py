@@ -167,12 +167,17 @@ async def find(request: web.Request) -> web.Response:
     """
     app = _app(request)
     try:
-        filters = _filters(await json_body(request))
+        body = await json_body(request)
+        filters = _filters(body)
         if "name" in filters:
             with contextlib.suppress(StreamNotFound):
                 stream = await app.resolve(filters["name"], request.remote or "")
                 filters["name"] = stream.name
         streams = app.streams.find(**filters)
+        if not streams:  # held by another node of a cluster?
+            answer = await _elsewhere(request, body)
+            if answer is not None:
+                return answer
     except FAILURES as exc:
         return failure_response(request, exc)
     if not streams:
@@ -182,9 +187,12 @@ async def find(request: web.Request) -> web.Response:
 
 async def find_all(request: web.Request) -> web.Response:
     try:
-        await json_body(request)  # no fields, but the same content rules
-    except BadRequest as exc:
-        return error_response(request, exc.status, str(exc))
+        body = await json_body(request)  # no fields, but the same content rules
+        answer = await _elsewhere(request, body)  # a cluster: every node's streams
+    except FAILURES as exc:
+        return failure_response(request, exc)
+    if answer is not None:
+        return answer
     streams = list(_app(request).streams)
     if not streams:
         return error_response(request, 404, "Stream not found")
@@ -202,16 +210,26 @@ async def terminate(request: web.Request) -> web.Response:
         ):
             raise BadRequest("field 'mediaSessionIds' must be a list of strings")
         streams = app.streams.find(**_filters(body))
-    except BadRequest as exc:
-        return error_response(request, exc.status, str(exc))
-    if ids is not None:
-        streams = [s for s in streams if s.media_session_id in ids]
+        if ids is not None:
+            streams = [s for s in streams if s.media_session_id in ids]
+        if not streams:  # held by another node of a cluster?
+            answer = await _elsewhere(request, body)
+            if answer is not None:
+                return answer
+    except FAILURES as exc:
+        return failure_response(request, exc)
     if not streams:
         return error_response(request, 404, "Stream not found")
     for stream in streams:
         log.info("stream %s: terminated over REST", stream.name)
         await app.terminate(stream)
     return web.Response(status=200)
+
+
+async def _elsewhere(request: web.Request, body: dict[str, Any]) -> web.StreamResponse | None:
+    """The answer a plugin gives for streams this node does not hold (``forward_request``)."""
+    app = _app(request)
+    return await app.pm.afirstresult("forward_request", app=app, request=request, body=body)
 
 
 async def healthz(request: web.Request) -> web.Response:

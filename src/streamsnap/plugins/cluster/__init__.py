@@ -1,0 +1,239 @@
+"""Many nodes, one streamsnap: a registry on Redis shared by every node, and any node answers
+for any stream (``[cluster] redis_url``; off while it is empty).
+
+Each node claims the names of the streams it holds (:mod:`.node`), so a second publisher of a
+live name is refused on every node, in its protocol's terms. A snapshot (REST, image GETs,
+WebSocket), ``find`` or ``terminate`` of a stream held by another node is forwarded to that
+node over pooled HTTP connections, signed with ``[cluster] secret`` (:mod:`.forward`,
+:mod:`.signing`), and answered as if local; ``find_all`` merges every node's streams, each
+with its ``node``. Saved snapshots are appended to the Redis stream ``streamsnap:events``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from ...core.app import App
+from ...core.errors import NotAllowed, StreamNameInUse, Unavailable
+from ...core.http import read_body
+from ...core.snapshot import Snapshot, SnapshotRequest
+from ...core.state import StateKey
+from ...core.streams import MemoryRegistry, Stream
+from ...hooks import hookimpl
+from .forward import Forwarder, merge_streams
+from .node import Node, RegistryUnavailable
+from .settings import ClusterSettings
+from .signing import NODE, BadSignature, Verifier
+
+log = logging.getLogger(__name__)
+
+# set while a request forwarded by another node is served: it is answered from here only
+FORWARDED: contextvars.ContextVar[str] = contextvars.ContextVar("streamsnap_forwarded", default="")
+
+
+class Cluster:
+    def __init__(self, app: App, settings: ClusterSettings) -> None:
+        self.app = app
+        self.node = Node(app, settings)
+        secret = settings.secret.encode()
+        self.verifier = Verifier(secret)
+        answer_s = app.config.snapshot.snapshot_taking_interval_ms / 1000 + 1.0
+        self.forwarder = Forwarder(self.node, secret, answer_s)
+
+    async def owner(self, name: str) -> Any:
+        try:
+            return await self.node.owner_of(name)
+        except RegistryUnavailable:
+            raise Unavailable(
+                "the cluster registry (Redis) does not answer: streams held by other nodes "
+                "cannot be reached from this node now"
+            ) from None
+
+
+class ClusterRegistry(MemoryRegistry):
+    """This node's streams in memory, their names claimed in Redis."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self.node = node
+
+    async def claim(self, stream: Stream) -> None:
+        if self.lookup(stream.name) is not None:
+            self.add(stream)  # raises StreamNameInUse naming the publisher here
+        owner = await self.node.claim(stream.name)
+        if owner is not None:
+            raise StreamNameInUse(f"stream {stream.name!r} is already published on node {owner}")
+        try:
+            self.add(stream)
+        except StreamNameInUse:
+            if self.lookup(stream.name) is None:  # pragma: no cover (add refused: one holds it)
+                await self.node.release(stream.name)
+            raise
+
+    async def release(self, stream: Stream) -> bool:
+        held = self.remove(stream)
+        if held and self.lookup(stream.name) is None:
+            await self.node.release(stream.name)
+        return held
+
+
+CLUSTER: StateKey[Cluster] = StateKey("cluster", Cluster)
+
+
+def _cluster(app: App) -> Cluster | None:
+    return app.state.get(CLUSTER)
+
+
+@hookimpl
+def settings_sections() -> dict[str, type]:
+    return {"cluster": ClusterSettings}
+
+
+@hookimpl
+def make_stream_registry(app: App) -> ClusterRegistry | None:
+    settings = app.config.of(ClusterSettings)
+    if not settings.enabled:
+        return None
+    cluster = Cluster(app, settings)
+    app.state[CLUSTER] = cluster
+    return ClusterRegistry(cluster.node)
+
+
+@hookimpl
+async def lifespan(app: App) -> AsyncIterator[None]:
+    cluster = _cluster(app)
+    if cluster is not None:
+        cluster.node.start()
+    try:
+        yield
+    finally:
+        if cluster is not None:
+            await cluster.node.stop()
+            await cluster.forwarder.close()
+
+
+@hookimpl
+async def authenticate_request(app: App, request: web.Request) -> str | None:
+    """A request another node forwarded: its signature proves it (and it is served from here
+    only); one that claims to be forwarded but is not signed right is refused."""
+    cluster = _cluster(app)
+    if NODE not in request.headers:
+        return None
+    if cluster is None:
+        raise NotAllowed("a forwarded request, but this server is not in a cluster ([cluster])")
+    body = await read_body(request)
+    try:
+        node = cluster.verifier.verify(request.headers, request.method, request.path_qs, body)
+    except BadSignature as exc:
+        cluster.node.stats["forwards_refused_in"] += 1
+        log.warning(
+            "cluster: request %s %s from %s refused: %s",
+            request.method,
+            request.path,
+            request.remote,
+            exc,
+        )
+        raise NotAllowed(f"forwarded request refused: {exc}") from None
+    FORWARDED.set(node)
+    return f"node {node}"
+
+
+@hookimpl
+async def snapshot_elsewhere(app: App, name: str, request: SnapshotRequest) -> Snapshot | None:
+    cluster = _cluster(app)
+    if cluster is None or FORWARDED.get():
+        return None
+    peer = await cluster.owner(name)
+    if peer is None:
+        return None
+    started = time.perf_counter()
+    snap = await cluster.forwarder.snapshot(peer, name, request)
+    log.debug(
+        "stream %s: snapshot from node %s in %.1f ms",
+        name,
+        peer.id,
+        (time.perf_counter() - started) * 1000,
+    )
+    return snap
+
+
+@hookimpl
+async def forward_request(
+    app: App, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse | None:
+    """``find``/``terminate`` of a stream held elsewhere: the owner's answer; ``find_all``:
+    every node's streams."""
+    cluster = _cluster(app)
+    if cluster is None or FORWARDED.get():
+        return None
+    raw = await read_body(request)
+    if request.path.endswith("/find_all"):
+        return await _find_all(app, cluster, request, raw)
+    name = body.get("name") or body.get("streamName")
+    if isinstance(name, str) and name:
+        peer = await cluster.owner(name)
+        peers = [peer] if peer is not None else []
+    else:  # by mediaSessionId: ask every node
+        peers = await _peers(cluster)
+    for peer in peers:
+        status, headers, data = await cluster.forwarder.request(
+            peer, request.method, request.path_qs, raw
+        )
+        if status != 404:
+            return web.Response(
+                status=status,
+                body=data,
+                content_type=headers.get("Content-Type", "application/json").split(";")[0],
+            )
+    return None
+
+
+async def _peers(cluster: Cluster) -> list[Any]:
+    try:
+        return await cluster.node.peers()
+    except RegistryUnavailable:
+        raise Unavailable("the cluster registry (Redis) does not answer") from None
+
+
+async def _find_all(app: App, cluster: Cluster, request: web.Request, raw: bytes) -> web.Response:
+    from ..rest import stream_json  # the REST plugin's stream object, its public interface
+
+    answers: dict[str, bytes] = {}
+    for peer in await _peers(cluster):
+        try:
+            status, _, data = await cluster.forwarder.request(peer, "POST", request.path_qs, raw)
+        except Unavailable:
+            continue  # a node that does not answer has no streams to show
+        if status == 200:
+            answers[peer.id] = data
+    streams = merge_streams([stream_json(s) for s in app.streams], cluster.node.id, answers)
+    if not streams:
+        from ...core.http import error_response
+
+        return error_response(request, 404, "Stream not found")
+    return web.json_response(streams)
+
+
+@hookimpl
+async def on_snapshot_saved(stream: Stream | None, path: str, app: App) -> None:
+    cluster = _cluster(app)
+    if cluster is None:
+        return
+    await cluster.node.add_event(
+        {
+            "event": "snapshot",
+            "stream": stream.name if stream is not None else "",
+            "mediaSessionId": stream.media_session_id if stream is not None else "",
+            "node": cluster.node.id,
+            "file": os.path.abspath(path),
+            "url": "",
+            "timestamp": str(int(time.time() * 1000)),
+        }
+    )

@@ -1,0 +1,137 @@
+"""Asking the node that holds a stream: kept-alive pooled HTTP connections to the other
+nodes, every request signed (:mod:`.signing`), every failure a clear answer within bounds."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+from PIL import Image
+
+from ...core.errors import SnapshotError, StreamNotFound, Unavailable
+from ...core.imaging import FORMATS
+from ...core.snapshot import Snapshot, SnapshotRequest
+from .node import Node, Peer
+from .signing import sign
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = {fmt: ext for ext, fmt in FORMATS.items()}
+CONNECT_TIMEOUT_S = 1.0
+
+
+class Forwarder:
+    def __init__(self, node: Node, secret: bytes, answer_timeout_s: float) -> None:
+        self.node = node
+        self.secret = secret
+        self.timeout = aiohttp.ClientTimeout(
+            total=answer_timeout_s + CONNECT_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=64, keepalive_timeout=60)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self.timeout, auto_decompress=False
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self, peer: Peer, method: str, target: str, body: bytes = b""
+    ) -> tuple[int, dict[str, str], bytes]:
+        """``method target`` on ``peer``, signed; raises Unavailable when it does not answer."""
+        headers = sign(self.secret, self.node.id, method, target, body)
+        if body:
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self.session.request(
+                method, peer.url + target, data=body or None, headers=headers
+            ) as resp:
+                data = await resp.read()
+                status, answer_headers = resp.status, dict(resp.headers)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.node.stats["forwards_unreachable"] += 1
+            log.warning(
+                "cluster: node %s (%s) did not answer %s: %r", peer.id, peer.url, target, exc
+            )
+            raise Unavailable(
+                f"node {peer.id} ({peer.url}), which holds this stream, does not answer"
+            ) from None
+        self.node.stats["forwards_ok" if status < 400 else "forwards_refused"] += 1
+        return status, answer_headers, data
+
+    async def snapshot(self, peer: Peer, name: str, request: SnapshotRequest) -> Snapshot:
+        """The picture of ``name`` from the node that holds it, as the image GET serves it."""
+        query = {
+            k: str(v)
+            for k, v in (("width", request.width), ("height", request.height))
+            if v is not None
+        }
+        if request.format != "png":
+            query["quality"] = str(request.quality)
+        target = f"/streams/{quote(name, safe='')}/snapshot.{EXTENSIONS[request.format]}"
+        if query:
+            target += "?" + urlencode(query)
+        status, headers, data = await self.request(peer, "GET", target)
+        if status != 200:
+            raise _failure(status, data, peer)
+        with Image.open(io.BytesIO(data)) as img:  # the header only: width and height
+            width, height = img.size
+        return Snapshot(
+            data=data,
+            format=request.format,
+            width=width,
+            height=height,
+            stream_name=name,
+            media_session_id=headers.get("X-Media-Session-Id", ""),
+            frame_index=_int(headers.get("X-Frame-Index"), -1),
+            frames_behind=_int(headers.get("X-Frames-Behind"), 0),
+            taken_ms=_int(headers.get("X-Snapshot-Timestamp"), 0),
+        )
+
+
+def _int(text: str | None, default: int) -> int:
+    try:
+        return int(text) if text is not None else default
+    except ValueError:
+        return default
+
+
+def _failure(status: int, body: bytes, peer: Peer) -> Exception:
+    """The error a node answered, as the same error here."""
+    try:
+        message = str(json.loads(body).get("message", ""))
+    except (ValueError, AttributeError):
+        message = ""
+    if status == 404:
+        return StreamNotFound(message or "stream not found")
+    if status in (429, 503):
+        return Unavailable(message or f"node {peer.id} is busy")
+    if status == 500:
+        return SnapshotError(message)
+    return Unavailable(f"node {peer.id} answered {status}: {message}".rstrip(": "))
+
+
+def merge_streams(own: list[dict[str, Any]], node_id: str, others: dict[str, bytes]) -> list:
+    """``find_all`` of every node: this node's streams and each other node's, each marked with
+    its node."""
+    out = [{**s, "node": node_id} for s in own]
+    for peer_id, body in others.items():
+        try:
+            streams = json.loads(body)
+        except ValueError:
+            log.warning("cluster: node %s answered find_all with something not JSON", peer_id)
+            continue
+        if isinstance(streams, list):
+            out.extend({**s, "node": peer_id} for s in streams if isinstance(s, dict))
+    return out

@@ -1,0 +1,172 @@
+"""A cluster of three nodes (separate server processes) on a real redis-server: any node
+answers for any stream, a live name is refused on every node, dead nodes are forgotten, Redis
+going away leaves each node serving its own streams, and forged or replayed forwards are
+refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from streamsnap.plugins.cluster.signing import sign
+from tests.helpers.media import ffmpeg_testsrc
+from tests.helpers.redis import RedisServer, redis_available
+from tests.helpers.server import ServerProcess, find, wait_for
+
+pytestmark = pytest.mark.skipif(not redis_available(), reason="redis-server not installed")
+
+SECRET = "a-shared-secret-of-the-test-cluster"
+TTL = 2.0
+
+
+@pytest.fixture
+def redis():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster(make_server, redis):
+    def start(n: int = 3, **extra) -> list[ServerProcess]:
+        return [
+            make_server(
+                cluster={
+                    "redis_url": redis.url,
+                    "secret": SECRET,
+                    "node_id": f"node{i}",
+                    "claim_ttl_s": TTL,
+                },
+                **extra,
+            )
+            for i in range(n)
+        ]
+
+    return start
+
+
+def image(node: ServerProcess, name: str) -> tuple[int, bytes, dict[str, str]]:
+    return node.request("GET", f"/streams/{name}/snapshot.jpg?width=160")
+
+
+def test_any_node_answers_for_any_stream_with_the_live_picture(cluster):
+    a, b, c = cluster()
+    pub = ffmpeg_testsrc(a.rtmp_url("cam1"), size="320x240")
+    try:
+        a.wait_stream("cam1", frames=30)
+        for node in (b, c):
+            status, body = node.snapshot("cam1")  # REST POST, forwarded to node0
+            assert status == 200, body
+            assert body["data"].startswith("iVBORw0KGgo")  # a PNG, as if local
+        status, first, headers = image(b, "cam1")
+        assert status == 200 and first[:2] == b"\xff\xd8", headers
+        index = int(headers["X-Frame-Index"])
+        time.sleep(0.5)
+        status, _, later = image(c, "cam1")
+        assert status == 200 and int(later["X-Frame-Index"]) > index  # the live stream
+        # find on another node finds it on its owner; find_all merges every node's
+        assert find(b, "cam1")["name"] == "cam1"
+        status, raw, _ = c.request("POST", "/rest-api/stream/find_all", {})
+        streams = json.loads(raw)
+        assert status == 200 and [(s["name"], s["node"]) for s in streams] == [("cam1", "node0")]
+        # a stream no node holds: 404 as on one server
+        status, body = b.snapshot("nobody-has-it")
+        assert status == 404, body
+        # terminate through another node ends it on its owner
+        status, _, _ = c.request("POST", "/rest-api/stream/terminate", {"name": "cam1"})
+        assert status == 200
+        a.wait_gone("cam1")
+    finally:
+        pub.stop()
+
+
+def test_a_live_name_is_refused_on_every_node(cluster):
+    a, b, _ = cluster()
+    first = ffmpeg_testsrc(a.rtmp_url("taken"), size="320x240")
+    second = None
+    try:
+        a.wait_stream("taken", frames=10)
+        second = ffmpeg_testsrc(b.rtmp_url("taken"), size="320x240")
+        b.wait_log(r"'taken' refused: stream 'taken' is already published on node node0", 15)
+        wait_for(lambda: not second.alive(), 15, "the second publisher to be refused")
+        assert find(b, "taken")["name"] == "taken"  # still the first one, through node1
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_a_killed_node_is_forgotten_and_its_names_can_be_published_elsewhere(cluster):
+    a, b, c = cluster()
+    pub = ffmpeg_testsrc(a.rtmp_url("moving"), size="320x240")
+    try:
+        a.wait_stream("moving", frames=10)
+        os.kill(a.proc.pid, signal.SIGKILL)
+        a.proc.wait()
+        # its claim still stands for up to claim_ttl_s: a clear 503, never a hang
+        started = time.monotonic()
+        status, body = b.snapshot("moving")
+        assert time.monotonic() - started < 2.5
+        assert status in (503, 404), body
+        if status == 503:
+            assert "does not answer" in body["message"]
+        wait_for(lambda: b.snapshot("moving")[0] == 404, TTL + 3, "node0's claim to expire")
+    finally:
+        pub.stop()
+    again = ffmpeg_testsrc(c.rtmp_url("moving"), size="320x240")
+    try:
+        c.wait_stream("moving", frames=10)
+        assert b.snapshot("moving")[0] == 200
+    finally:
+        again.stop()
+
+
+def test_without_redis_each_node_serves_its_own_and_rejoins(cluster, redis):
+    a, b = cluster(2)
+    pub = ffmpeg_testsrc(a.rtmp_url("steady"), size="320x240")
+    try:
+        a.wait_stream("steady", frames=10)
+        assert b.snapshot("steady")[0] == 200
+        redis.kill()
+        assert a.snapshot("steady")[0] == 200  # its own stream: served as before
+        started = time.monotonic()
+        status, body = b.snapshot("steady")
+        assert status == 503 and "registry" in body["message"], body
+        assert time.monotonic() - started < 2.0
+        redis.restart()  # empty: the nodes put their claims back
+        wait_for(lambda: b.snapshot("steady")[0] == 200, 10, "node0 to claim its stream again")
+    finally:
+        pub.stop()
+
+
+def test_forged_and_replayed_forwards_are_refused(cluster):
+    a, _ = cluster(2)
+    pub = ffmpeg_testsrc(a.rtmp_url("guarded"), size="320x240")
+    try:
+        a.wait_stream("guarded", frames=10)
+        target = "/streams/guarded/snapshot.png"
+
+        def get(headers: dict[str, str]) -> int:
+            req = urllib.request.Request(a.http + target, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        good = sign(SECRET.encode(), "node1", "GET", target)
+        assert get(good) == 200
+        assert get(good) == 403  # the same request again: a replay
+        forged = sign(b"not-the-secret-of-this-cluster", "node1", "GET", target)
+        assert get(forged) == 403
+        unsigned = {k: v for k, v in sign(SECRET.encode(), "node1", "GET", target).items()}
+        unsigned["X-Streamsnap-Signature"] = "0" * 64
+        assert get(unsigned) == 403
+        a.wait_log(r"cluster: request GET /streams/guarded/snapshot.png from .* refused")
+    finally:
+        pub.stop()
