@@ -5,6 +5,7 @@ refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import urllib.request
 import pytest
 
 from streamsnap.plugins.cluster.signing import sign
+from tests.e2e.test_whip_and_ws_protocol import _ws_exchange, whip_post
 from tests.helpers.media import ffmpeg_testsrc
 from tests.helpers.redis import RedisServer, redis_available
 from tests.helpers.server import ServerProcess, find, wait_for
@@ -74,6 +76,19 @@ def test_any_node_answers_for_any_stream_with_the_live_picture(cluster):
         status, raw, _ = c.request("POST", "/rest-api/stream/find_all", {})
         streams = json.loads(raw)
         assert status == 200 and [(s["name"], s["node"]) for s in streams] == [("cam1", "node0")]
+        # the WebSocket API's snapshot on another node: the owner's picture
+        got = asyncio.run(
+            _ws_exchange(
+                f"ws://127.0.0.1:{c.ports['ws']}/",
+                [
+                    {"message": "connection", "data": [{"appKey": "defaultApp"}]},
+                    {"message": "snapshot", "data": [{"name": "cam1", "mediaSessionId": "s1"}]},
+                ],
+                expect=2,
+            )
+        )
+        assert got[1]["data"][0]["type"] == "snapshotCompleted", got
+        assert got[1]["data"][0]["payload"]["snapshot"].startswith("iVBORw0KGgo")
         # a stream no node holds: 404 as on one server
         status, body = b.snapshot("nobody-has-it")
         assert status == 404, body
@@ -95,6 +110,25 @@ def test_a_live_name_is_refused_on_every_node(cluster):
         b.wait_log(r"'taken' refused: stream 'taken' is already published on node node0", 15)
         wait_for(lambda: not second.alive(), 15, "the second publisher to be refused")
         assert find(b, "taken")["name"] == "taken"  # still the first one, through node1
+        # WHIP: 409 (refused before the offer is looked at)
+        status, text, _ = whip_post(b, "taken", "v=0\r\n")
+        assert status == 409 and "already published" in text
+        # the WebSocket API: FAILED, "Stream name is already in use"
+        url = f"ws://127.0.0.1:{b.ports['ws']}/"
+        publish = {"name": "taken", "mediaSessionId": "ws-1", "sdp": "v=0\r\n"}
+        got = asyncio.run(
+            _ws_exchange(
+                url,
+                [
+                    {"message": "connection", "data": [{"appKey": "defaultApp"}]},
+                    {"message": "publishStream", "data": [publish]},
+                ],
+                expect=2,
+            )
+        )
+        status_event = got[1]["data"][0]
+        assert status_event["status"] == "FAILED", got
+        assert status_event["info"] == "Stream name is already in use"
     finally:
         first.stop()
         if second is not None:

@@ -776,3 +776,28 @@ async def test_hook_authenticate_request():
                 assert resp.status == 200  # open: nobody asked
     finally:
         await app.stop()
+
+
+async def test_hook_collect_metrics():
+    """A plugin's own metrics are served at /metrics beside the built-in ones; a malformed
+    family is left out and counted as the plugin's error."""
+    from aiohttp import ClientSession
+
+    class Counts:
+        @hookimpl
+        def collect_metrics(self, app):
+            return [
+                ("streamsnap_counts_things_total", "counter", "Things.", [(7, {"kind": "a"})]),
+                ("broken",),
+            ]
+
+    app = await _app_with(("counts", Counts()))
+    try:
+        url = f"http://127.0.0.1:{app.ports['http']}/metrics"
+        async with ClientSession() as http, http.get(url) as resp:
+            text = await resp.text()
+        assert "# TYPE streamsnap_counts_things_total counter" in text
+        assert 'streamsnap_counts_things_total{kind="a"} 7' in text
+        assert 'streamsnap_plugin_errors_total{plugin="counts",hook="collect_metrics"} 1' in text
+    finally:
+        await app.stop()

@@ -119,6 +119,20 @@ def forward_request(
 
 
 @_hookspec
+def collect_metrics(
+    app: App,
+) -> list[tuple[str, str, str, list[tuple[float, dict[str, str] | None]]]]:
+    """Metrics of the plugin's own for ``GET /metrics``: a list of
+    ``(name, kind, help, samples)``, ``kind`` a Prometheus type (``counter``, ``gauge``),
+    ``samples`` a list of ``(value, labels or None)``.
+
+    Fires on every scrape, on the event loop: read counters you keep, do no I/O. Name your
+    metrics ``streamsnap_<plugin>_...``. A family that is not such a tuple is logged and left
+    out.
+    """
+
+
+@_hookspec
 def register_routes(app: App) -> list[web.RouteDef] | None:
     """Contribute HTTP routes to the server on ``http_port``.
 

@@ -205,6 +205,13 @@ def render(app: App) -> str:
         [(n, {"protocol": p, "reason": r}) for (p, r), n in sorted(app.ended.items())],
     )
     guard = app.pm.guard
+    for plugin, families in app.pm.broadcast("collect_metrics", app=app):
+        for family in families or ():
+            try:
+                name, kind, help_text, samples = family
+                metric(name, kind, help_text, list(samples))
+            except (TypeError, ValueError) as exc:
+                guard.failed(plugin, "collect_metrics", exc, None)
     metric(
         "streamsnap_plugin_errors_total",
         "counter",

@@ -222,6 +222,55 @@ async def _find_all(app: App, cluster: Cluster, request: web.Request, raw: bytes
 
 
 @hookimpl
+def collect_metrics(app: App) -> list[Any]:
+    cluster = _cluster(app)
+    if cluster is None:
+        return []
+    stats = cluster.node.stats
+    return [
+        (
+            "streamsnap_cluster_registry_up",
+            "gauge",
+            "1 while the cluster's Redis answers this node.",
+            [(int(cluster.node.reachable), {"node": cluster.node.id})],
+        ),
+        (
+            "streamsnap_cluster_forwards_total",
+            "counter",
+            "Requests forwarded to the node holding the stream, by outcome.",
+            [
+                (stats[f"forwards_{outcome}"], {"outcome": outcome})
+                for outcome in ("ok", "refused", "unreachable")
+            ],
+        ),
+        (
+            "streamsnap_cluster_forwards_refused_in_total",
+            "counter",
+            "Requests claiming to be forwarded by a node, refused (forged, stale or replayed).",
+            [(stats["forwards_refused_in"], None)],
+        ),
+        (
+            "streamsnap_cluster_claims_total",
+            "counter",
+            "Stream names claimed in Redis, by result.",
+            [(stats["claims"], {"result": "taken"}), (stats["claims_refused"], {"result": "held"})],
+        ),
+        (
+            "streamsnap_cluster_conflicts_total",
+            "counter",
+            "Streams ended here because another node took the name while Redis was away.",
+            [(stats["conflicts"], None)],
+        ),
+        (
+            "streamsnap_cluster_redis_errors_total",
+            "counter",
+            "Calls to Redis that failed.",
+            [(stats["redis_errors"], None)],
+        ),
+    ]
+
+
+@hookimpl
 async def on_snapshot_saved(stream: Stream | None, path: str, app: App) -> None:
     cluster = _cluster(app)
     if cluster is None:

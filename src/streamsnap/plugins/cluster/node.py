@@ -48,6 +48,16 @@ if owner == ARGV[1] then
 end
 return owner
 """
+# Take a name: free, ours already (a claim from before a restart), or held by a node whose
+# heartbeat is gone (it died: its claim would expire within the TTL anyway).
+_CLAIM = """
+local owner = redis.call('GET', KEYS[1])
+if owner == false or owner == ARGV[1] or redis.call('EXISTS', ARGV[3] .. owner) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return owner
+"""
 # Give a claim back only if this node holds it.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -153,22 +163,16 @@ class Node:
         ours until Redis says otherwise), else the id of the node that holds it."""
         key = PREFIX + "stream:" + name
         try:
-            if await self.redis.set(key, self.id, nx=True, px=self.ttl_ms):
-                self.stats["claims"] += 1
-                self._ok()
-                return None
-            owner = await self.redis.get(key)
-            if owner in (None, self.id):  # expired meanwhile, or ours from before a restart
-                await self.redis.set(key, self.id, px=self.ttl_ms)
-                self.stats["claims"] += 1
-                self._ok()
-                return None
-            self._ok()
-            self.stats["claims_refused"] += 1
-            return owner
+            owner = await self.redis.eval(_CLAIM, 1, key, self.id, self.ttl_ms, PREFIX + "node:")
         except (RedisError, OSError) as exc:
             self._failed("claim", exc)
             return None
+        self._ok()
+        if owner == self.id:
+            self.stats["claims"] += 1
+            return None
+        self.stats["claims_refused"] += 1
+        return owner
 
     async def release(self, name: str) -> None:
         try:

@@ -30,6 +30,7 @@ from ...core.errors import (
     SnapshotError,
     StreamNameInUse,
     StreamNotFound,
+    Unavailable,
 )
 from ...core.snapshot import SnapshotRequest
 from ...core.streams import Stream
@@ -338,7 +339,14 @@ class WcsSession:
                 snap = await self.app.snapshot(
                     name, SnapshotRequest(source="websocket", client=self.id, pull_for=self.peer)
                 )
-        except (StreamNotFound, InvalidStreamName, NotAllowed, SnapshotError, Refused) as exc:
+        except (
+            StreamNotFound,
+            InvalidStreamName,
+            NotAllowed,
+            SnapshotError,
+            Refused,
+            Unavailable,
+        ) as exc:
             info = NOT_FOUND if isinstance(exc, StreamNotFound) else str(exc)
             log.info(
                 "websocket %s: snapshot of %s failed: %s", self.peer, mask_credentials(name), info
