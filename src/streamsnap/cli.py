@@ -1,5 +1,5 @@
-"""The ``streamsnap`` command: ``serve``, ``snapshot``, ``plugins``, ``hash-password``,
-``--version``."""
+"""The ``streamsnap`` command: ``serve``, ``snapshot``, ``plugins``, ``cluster``,
+``hash-password``, ``--version``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,36 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     for info in infos:
         print(f"{info.name:<{width}}  {info.version or '-':<8}  {info.source}")
         print(f"{'':<{width}}  hooks: {', '.join(info.hooks) or '-'}")
+    return 0
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from .plugins.cluster.node import overview
+    from .plugins.cluster.settings import ClusterSettings
+
+    cfg = config_mod.load(args.config)
+    settings = cfg.declare("cluster", ClusterSettings)
+    if not settings.enabled:
+        print("streamsnap cluster: [cluster] redis_url is not set in the config", file=sys.stderr)
+        return 1
+    try:
+        seen = asyncio.run(overview(settings.redis_url))
+    except (OSError, ConnectionError) as exc:
+        print(f"streamsnap cluster: the registry does not answer: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # redis-py's errors
+        print(f"streamsnap cluster: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(seen, indent=2))
+        return 0
+    nodes = seen["nodes"]
+    print(f"{len(nodes)} node(s), {seen['events']} snapshot event(s) in streamsnap:events")
+    for n in nodes:
+        live = "live" if n["url"] else "gone (claims expiring)"
+        print(f"{n['id']}  {n['url'] or '-'}  {live}  load {n['load'] * 100:.0f} % of a core")
+        for name in n["names"]:
+            print(f"    {name}")
     return 0
 
 
@@ -125,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="a .toml or WCS .properties file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_plugins)
+
+    p = sub.add_parser("cluster", help="list the nodes of the cluster and the streams each holds")
+    p.add_argument("--config", "-c", help="a .toml or WCS .properties file with [cluster]")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_cluster)
 
     p = sub.add_parser(
         "hash-password",

@@ -9,10 +9,13 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 
 import pytest
+import redis as redis_py
 
 from streamsnap.plugins.cluster.signing import sign
 from tests.e2e.test_whip_and_ws_protocol import _ws_exchange, whip_post
@@ -89,6 +92,17 @@ def test_any_node_answers_for_any_stream_with_the_live_picture(cluster):
         )
         assert got[1]["data"][0]["type"] == "snapshotCompleted", got
         assert got[1]["data"][0]["payload"]["snapshot"].startswith("iVBORw0KGgo")
+        # `streamsnap cluster` shows every node and what it holds
+        out = subprocess.run(
+            [sys.executable, "-m", "streamsnap", "cluster", "--config", str(a.config), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        seen = {n["id"]: n for n in json.loads(out)["nodes"]}
+        assert sorted(seen) == ["node0", "node1", "node2"]
+        assert seen["node0"]["names"] == ["cam1"] and seen["node0"]["url"] == a.http
         # a stream no node holds: 404 as on one server
         status, body = b.snapshot("nobody-has-it")
         assert status == 404, body
@@ -204,3 +218,40 @@ def test_forged_and_replayed_forwards_are_refused(cluster):
         a.wait_log(r"cluster: request GET /streams/guarded/snapshot.png from .* refused")
     finally:
         pub.stop()
+
+
+def test_every_saved_snapshot_is_an_event_in_redis(make_server, redis, tmp_path):
+    """One consumer group on ``streamsnap:events`` sees every node's snapshots."""
+    nodes = [
+        make_server(
+            cluster={"redis_url": redis.url, "secret": SECRET, "node_id": f"node{i}"},
+            snapshot={
+                "snapshot_auto_enabled": True,
+                "snapshot_auto_rate": 15,
+                "snapshot_auto_naming": "streamName",
+                "snapshot_auto_dir": str(tmp_path / f"snaps{i}"),
+            },
+        )
+        for i in range(2)
+    ]
+    pubs = [ffmpeg_testsrc(n.rtmp_url(f"ev{i}"), size="320x240") for i, n in enumerate(nodes)]
+    client = redis_py.Redis(port=redis.port, decode_responses=True)
+    try:
+        client.xgroup_create("streamsnap:events", "archivers", id="0", mkstream=True)
+
+        def both_nodes() -> list:
+            got = client.xreadgroup("archivers", "worker-1", {"streamsnap:events": ">"}, count=100)
+            events.extend(fields for _, entries in got for _, fields in entries)
+            return sorted({e["node"] for e in events}) == ["node0", "node1"]
+
+        events: list[dict] = []
+        wait_for(both_nodes, 20, "snapshot events of both nodes")
+        first = next(e for e in events if e["node"] == "node0")
+        assert first["event"] == "snapshot" and first["stream"] == "ev0" and first["mediaSessionId"]
+        assert first["file"].endswith(".png") and int(first["timestamp"]) > 0
+        assert first["url"].startswith(nodes[0].http + "/snapshots/ev0/")
+        assert nodes[0].request("GET", first["url"][len(nodes[0].http) :])[1][:4] == b"\x89PNG"
+    finally:
+        client.close()
+        for p in pubs:
+            p.stop()

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -221,6 +222,16 @@ async def _find_all(app: App, cluster: Cluster, request: web.Request, raw: bytes
     return web.json_response(streams)
 
 
+def _file_url(app: App, node_url: str, path: str) -> str:
+    """Where another node or a consumer fetches the file: this node's ``/snapshots/`` URL of a
+    file under ``snapshot_auto_dir`` (empty for a file elsewhere)."""
+    root = os.path.realpath(app.config.snapshot.snapshot_auto_dir)
+    real = os.path.realpath(path)
+    if os.path.commonpath((real, root)) != root:
+        return ""
+    return node_url + "/snapshots/" + quote(os.path.relpath(real, root).replace(os.sep, "/"))
+
+
 @hookimpl
 def collect_metrics(app: App) -> list[Any]:
     cluster = _cluster(app)
@@ -282,7 +293,7 @@ async def on_snapshot_saved(stream: Stream | None, path: str, app: App) -> None:
             "mediaSessionId": stream.media_session_id if stream is not None else "",
             "node": cluster.node.id,
             "file": os.path.abspath(path),
-            "url": "",
+            "url": _file_url(app, cluster.node.url, path),
             "timestamp": str(int(time.time() * 1000)),
         }
     )

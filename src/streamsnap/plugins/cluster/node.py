@@ -58,6 +58,14 @@ if owner == false or owner == ARGV[1] or redis.call('EXISTS', ARGV[3] .. owner) 
 end
 return owner
 """
+# Who holds a name, and that node's heartbeat, in one round trip.
+_OWNER = """
+local owner = redis.call('GET', KEYS[1])
+if owner == false then
+  return false
+end
+return {owner, redis.call('GET', ARGV[1] .. owner)}
+"""
 # Give a claim back only if this node holds it.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -116,6 +124,10 @@ class Node:
         self.settings = settings
         self.ttl_ms = int(settings.claim_ttl_s * 1000)
         self.redis = connect(settings.redis_url)
+        # sent once, then called by their digest (EVALSHA)
+        self._claim = self.redis.register_script(_CLAIM)
+        self._owner = self.redis.register_script(_OWNER)
+        self._release = self.redis.register_script(_RELEASE)
         self.id = settings.node_id
         self.url = settings.advertise_url.rstrip("/")
         self.stats: Counter[str] = Counter()  # claims, refusals, failovers, redis errors, ...
@@ -163,7 +175,7 @@ class Node:
         ours until Redis says otherwise), else the id of the node that holds it."""
         key = PREFIX + "stream:" + name
         try:
-            owner = await self.redis.eval(_CLAIM, 1, key, self.id, self.ttl_ms, PREFIX + "node:")
+            owner = await self._claim([key], [self.id, self.ttl_ms, PREFIX + "node:"])
         except (RedisError, OSError) as exc:
             self._failed("claim", exc)
             return None
@@ -176,7 +188,7 @@ class Node:
 
     async def release(self, name: str) -> None:
         try:
-            await self.redis.eval(_RELEASE, 1, PREFIX + "stream:" + name, self.id)
+            await self._release([PREFIX + "stream:" + name], [self.id])
             self._ok()
         except (RedisError, OSError) as exc:
             self._failed("release", exc)  # the claim expires by itself
@@ -185,16 +197,14 @@ class Node:
         """The other node holding ``name`` (None: no live node does, or this one); raises
         RegistryUnavailable when Redis does not answer."""
         try:
-            owner = await self.redis.get(PREFIX + "stream:" + name)
-            if owner is None or owner == self.id:
-                self._ok()
-                return None
-            info = await self.redis.get(PREFIX + "node:" + owner)
+            answer = await self._owner([PREFIX + "stream:" + name], [PREFIX + "node:"])
             self._ok()
         except (RedisError, OSError) as exc:
             self._failed("lookup", exc)
             raise RegistryUnavailable(str(exc)) from None
-        return _peer(info)
+        if not answer or answer[0] == self.id:
+            return None
+        return _peer(answer[1] if len(answer) > 1 else None)
 
     async def peers(self) -> list[Peer]:
         """Every other live node."""
@@ -284,3 +294,28 @@ def _peer(info: str | None) -> Peer | None:
     except (ValueError, KeyError, TypeError):
         log.warning("cluster: a node's heartbeat is not readable: %r", info[:200])
         return None
+
+
+async def overview(url: str) -> dict[str, Any]:
+    """What the registry at ``url`` holds: the live nodes and the streams each holds (for
+    ``streamsnap cluster``)."""
+    client = connect(url)
+    try:
+        now = int(time.time() * 1000)
+        ids = await client.zrangebyscore(PREFIX + "nodes", now, "+inf")
+        infos = await client.mget([PREFIX + "node:" + i for i in ids]) if ids else []
+        nodes = {p.id: {**p.__dict__, "names": []} for p in map(_peer, infos) if p is not None}
+        held: dict[str, str] = {}
+        async for key in client.scan_iter(match=PREFIX + "stream:*", count=1000):
+            owner = await client.get(key)
+            if owner is not None:
+                held[key[len(PREFIX + "stream:") :]] = owner
+        for name, owner in sorted(held.items()):
+            nodes.setdefault(
+                owner, {"id": owner, "url": "", "streams": 0, "load": 0.0, "names": []}
+            )
+            nodes[owner]["names"].append(name)
+        events = await client.xlen(EVENTS)
+    finally:
+        await client.aclose()
+    return {"nodes": sorted(nodes.values(), key=lambda n: n["id"]), "events": events}
