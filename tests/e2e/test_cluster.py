@@ -255,3 +255,87 @@ def test_every_saved_snapshot_is_an_event_in_redis(make_server, redis, tmp_path)
         client.close()
         for p in pubs:
             p.stop()
+
+
+def _placement(node: ServerProcess) -> dict[str, list[str]]:
+    status, raw, _ = node.request("POST", "/rest-api/stream/find_all", {})
+    held: dict[str, list[str]] = {}
+    for s in json.loads(raw) if status == 200 else []:
+        held.setdefault(s["name"], []).append(s["node"])
+    return held
+
+
+def _ffmpeg_children(node: ServerProcess) -> int:
+    count = 0
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        count += ppid == node.proc.pid and b"ffmpeg" in cmd
+    return count
+
+
+def test_cameras_are_shared_out_pulled_once_and_move_when_nodes_die_or_join(
+    cluster, make_server, make_camera, redis
+):
+    from streamsnap.plugins.cluster.placement import owner
+
+    camera = make_camera(size="320x240", fps=15, one_encoder=True)
+    cams = [{"name": f"cam{i}", "url": camera.url(query=f"?channel={i}")} for i in range(6)]
+    nodes = dict(zip(["node0", "node1", "node2"], cluster(3, pull={"cameras": cams}), strict=True))
+
+    def settled(ids: list[str]) -> dict[str, str] | None:
+        want = {c["name"]: owner(c["name"], ids) for c in cams}
+        held = _placement(nodes[ids[0]])
+        got = {name: where[0] for name, where in held.items() if len(where) == 1}
+        dupes = {name for name, where in held.items() if len(where) > 1}
+        assert not dupes, f"pulled twice: {held}"
+        return got if got == want else None
+
+    before = wait_for(lambda: settled(list(nodes)), 30, "the cameras spread over three nodes")
+    assert len(set(before.values())) > 1  # really shared out
+    wait_for(
+        lambda: sum(_ffmpeg_children(n) for n in nodes.values()) == 6, 15, "one FFmpeg per camera"
+    )
+    # the node holding the most cameras dies: the others take its cameras
+    victim = max(nodes, key=lambda n: list(before.values()).count(n))
+    os.kill(nodes[victim].proc.pid, signal.SIGKILL)
+    nodes[victim].proc.wait()
+    killed = time.monotonic()
+    survivors = [n for n in nodes if n != victim]
+    del nodes[victim]
+    after = wait_for(lambda: settled(survivors), TTL + 10, "the cameras taken over")
+    log_line = f"failover in {time.monotonic() - killed:.1f} s"
+    assert all(after[n] == before[n] for n in after if before[n] != victim), log_line
+    # a node joins: only the cameras that hash to it move, the new owner pulls before the old
+    # one lets go
+    nodes["node3"] = make_server(
+        cluster={"redis_url": redis.url, "secret": SECRET, "node_id": "node3", "claim_ttl_s": TTL},
+        pull={"cameras": cams},
+    )
+    joined = wait_for(lambda: settled([*survivors, "node3"]), 30, "the new node to get its share")
+    moved = [n for n in joined if joined[n] != after[n]]
+    assert moved and all(joined[n] == "node3" for n in moved), (after, joined)
+    log = nodes["node3"].log
+    for name in moved:
+        assert log.index(f"stream {name}: pulling on standby") < log.index(
+            f"stream {name}: handed over"
+        )
+    # every camera answers through any node
+    for name in joined:
+        assert image(nodes[survivors[0]], name)[0] == 200
+
+
+def test_a_camera_asked_for_by_url_is_pulled_by_one_node_only(cluster, make_camera):
+    camera = make_camera(size="320x240", fps=15)
+    a, b = cluster(2, pull={"allowed_hosts": ["127.0.0.1"]})
+    url = camera.url()
+    assert a.snapshot(url)[0] == 200  # node0 pulls it
+    status, body = b.snapshot(url)  # node1 asks node0 instead of pulling it again
+    assert status == 200 and body["data"].startswith("iVBORw0KGgo"), body
+    assert _ffmpeg_children(a) == 1 and _ffmpeg_children(b) == 0
+    assert _placement(b) == {url: ["node0"]}

@@ -801,3 +801,50 @@ async def test_hook_collect_metrics():
         assert 'streamsnap_plugin_errors_total{plugin="counts",hook="collect_metrics"} 1' in text
     finally:
         await app.stop()
+
+
+async def test_hook_assign_sources():
+    """The configured sources a plugin assigns here are pulled, the ones it drops are not,
+    and a changed plan is followed: a moved source stops, a new one starts."""
+    from streamsnap.plugins.pull import PULL
+
+    plan = {"a": "pull", "b": "drop"}
+
+    class Placer:
+        @hookimpl
+        def assign_sources(self, app, names):
+            assert sorted(names) == ["a", "b"]
+            return plan
+
+    pm = make_plugin_manager(PluginsConfig(), load_entry_points=False, extra=[("placer", Placer())])
+    cfg = _config()
+    cfg.extra["pull"] = {
+        "sources": [
+            {"name": "a", "url": "rtmp://127.0.0.1:9/live/a"},  # the discard port: no answer
+            {"name": "b", "url": "rtmp://127.0.0.1:9/live/b"},
+        ]
+    }
+    app = App(cfg, pm)
+    await app.start()
+    try:
+        pulls = app.state[PULL]
+        assert set(pulls.cameras) == {"a"}
+        plan.update(a="drop", b="pull")
+        await _wait(lambda: set(pulls.cameras) == {"b"}, 5)
+        assert app.streams.lookup("a") is None and app.streams.lookup("b") is not None
+    finally:
+        await app.stop()
+
+
+def test_rendezvous_placement_moves_only_what_it_must():
+    from streamsnap.plugins.cluster.placement import owner
+
+    names = [f"cam{i}" for i in range(200)]
+    three = {n: owner(n, ["a", "b", "c"]) for n in names}
+    assert {three[n] for n in names} == {"a", "b", "c"}
+    assert all(owner(n, ["c", "a", "b"]) == three[n] for n in names)  # order does not matter
+    four = {n: owner(n, ["a", "b", "c", "d"]) for n in names}
+    assert all(four[n] in (three[n], "d") for n in names)  # a join takes only its share
+    assert 25 < sum(four[n] == "d" for n in names) < 75
+    two = {n: owner(n, ["a", "b"]) for n in names}
+    assert all(two[n] == three[n] for n in names if three[n] != "c")  # a leave moves only its own

@@ -25,7 +25,7 @@ from .allocator import ReleaseSoon
 from .auth import Authenticator
 from .config import Config
 from .decoding import DecodePolicy
-from .errors import StartupError, StreamNotFound
+from .errors import StartupError, StreamNameInUse, StreamNotFound
 from .frames import FrameHandle, FrameStore
 from .listeners import ConnectionLimiter, HostCheck, load_tls, make_runner, start_site
 from .plugins import PluginManager, make_plugin_manager
@@ -269,12 +269,16 @@ class App:
         ``request.pull_for`` may start a pull for that client."""
         request = request or SnapshotRequest()
         if self.streams.lookup(name) is None:  # perhaps held by another node of a cluster
-            answer = await self.pm.afirstresult(
-                "snapshot_elsewhere", app=self, name=name, request=request
-            )
+            answer = await self._elsewhere(name, name, request)
             if answer is not None:
                 return answer
-        stream = await self.resolve(name, request.pull_for)
+        try:
+            stream = await self.resolve(name, request.pull_for)
+        except StreamNameInUse as exc:  # a source another node pulls: ask that node
+            answer = await self._elsewhere(name, exc.name or name, request)
+            if answer is None:
+                raise StreamNotFound(f"stream {name!r} not found") from None
+            return answer
         self.decoding.note_request(stream)
         answer = await self.pm.afirstresult("on_snapshot_request", stream=stream, request=request)
         if answer is not None:
@@ -282,6 +286,11 @@ class App:
         if not self.is_live(stream):
             raise StreamNotFound(f"stream {name!r} ended")
         return await self.snapshots.take(stream, request, is_live=self.is_live)
+
+    async def _elsewhere(self, name: str, held_as: str, request: SnapshotRequest) -> Any:
+        return await self.pm.afirstresult(
+            "snapshot_elsewhere", app=self, name=name, held_as=held_as, request=request
+        )
 
     async def snapshot_saved(self, stream: Stream | None, path: str) -> None:
         """A complete snapshot file exists at ``path``: tell the plugins, once per file."""

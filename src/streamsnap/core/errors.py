@@ -40,7 +40,12 @@ class Unavailable(StreamsnapError):
 
 
 class StreamNameInUse(StreamsnapError):
-    """A second publisher tried to take a name that is live."""
+    """A second publisher (or pull) tried to take a name that is live; ``name`` is the name
+    as it is held (a source URL without its credentials)."""
+
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
 
 
 class SnapshotError(StreamsnapError):

@@ -159,7 +159,8 @@ class MemoryRegistry(StreamRegistry):
         if current is not None:
             raise StreamNameInUse(
                 f"stream {stream.name!r} is already published "
-                f"({current.protocol} from {current.remote or 'unknown'})"
+                f"({current.protocol} from {current.remote or 'unknown'})",
+                stream.name,
             )
         self._by_name[stream.name] = stream
 

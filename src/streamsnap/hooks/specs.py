@@ -91,13 +91,32 @@ def authenticate_request(app: App, request: web.Request) -> str | None:
 
 
 @_hookspec(firstresult=True)
-def snapshot_elsewhere(app: App, name: str, request: SnapshotRequest) -> Snapshot | None:
+def assign_sources(app: App, names: list[str]) -> dict[str, str] | None:
+    """Which of the sources configured on this server (``[[pull.cameras]]``,
+    ``[[pull.sources]]``, by name) it should pull: for each name ``"pull"`` (pull it here; when
+    another server still holds the name, pull on standby until it is handed over), ``"keep"``
+    (not this server's any more, but hold it until its new puller is ready) or ``"drop"``
+    (stop, or do not start). Return None to pull every one (a single server).
+
+    Fires at start and then twice a second while a plugin answers (in a cluster: the nodes
+    share the configured sources out). May return an awaitable; keep it cheap. Stops at the
+    first non-None result.
+    """
+
+
+@_hookspec(firstresult=True)
+def snapshot_elsewhere(
+    app: App, name: str, held_as: str, request: SnapshotRequest
+) -> Snapshot | None:
     """A snapshot of ``name``, which this server does not hold, is asked for (REST, image
     GETs, WebSocket): a plugin that can get it elsewhere (from the node of a cluster that
     holds the stream) returns it, or None to let this server resolve the name as usual (a
-    pull, or 404).
+    pull, or 404). ``held_as`` is the name the stream would be held under: ``name`` itself,
+    or, for a source URL another server already pulls, that URL without its credentials
+    (ask the holder for ``name``, which it checks the credentials of).
 
-    Fires before ``resolve_stream``. May return an awaitable; raise
+    Fires before ``resolve_stream``, and again when a pull cannot start because another server
+    holds its source. May return an awaitable; raise
     :class:`streamsnap.core.errors.Unavailable` (503) when the holder cannot be reached, or
     the error the holder answered (``StreamNotFound``, ``SnapshotError``). Stops at the first
     non-None result.

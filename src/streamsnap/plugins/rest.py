@@ -17,6 +17,7 @@ from .._version import __version__
 from ..core.app import APP_KEY, App
 from ..core.errors import (
     SnapshotError,
+    StreamNameInUse,
     StreamNotFound,
 )
 from ..core.http import (
@@ -170,7 +171,7 @@ async def find(request: web.Request) -> web.Response:
         body = await json_body(request)
         filters = _filters(body)
         if "name" in filters:
-            with contextlib.suppress(StreamNotFound):
+            with contextlib.suppress(StreamNotFound, StreamNameInUse):  # else: elsewhere?
                 stream = await app.resolve(filters["name"], request.remote or "")
                 filters["name"] = stream.name
         streams = app.streams.find(**filters)

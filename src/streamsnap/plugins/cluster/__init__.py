@@ -30,6 +30,7 @@ from ...core.streams import MemoryRegistry, Stream
 from ...hooks import hookimpl
 from .forward import Forwarder, merge_streams
 from .node import Node, RegistryUnavailable
+from .placement import owner as placed_on
 from .settings import ClusterSettings
 from .signing import NODE, BadSignature, Verifier
 
@@ -70,7 +71,9 @@ class ClusterRegistry(MemoryRegistry):
             self.add(stream)  # raises StreamNameInUse naming the publisher here
         owner = await self.node.claim(stream.name)
         if owner is not None:
-            raise StreamNameInUse(f"stream {stream.name!r} is already published on node {owner}")
+            raise StreamNameInUse(
+                f"stream {stream.name!r} is already published on node {owner}", stream.name
+            )
         try:
             self.add(stream)
         except StreamNameInUse:
@@ -131,7 +134,7 @@ async def authenticate_request(app: App, request: web.Request) -> str | None:
         raise NotAllowed("a forwarded request, but this server is not in a cluster ([cluster])")
     body = await read_body(request)
     try:
-        node = cluster.verifier.verify(request.headers, request.method, request.path_qs, body)
+        node = cluster.verifier.verify(request.headers, request.method, request.raw_path, body)
     except BadSignature as exc:
         cluster.node.stats["forwards_refused_in"] += 1
         log.warning(
@@ -147,11 +150,38 @@ async def authenticate_request(app: App, request: web.Request) -> str | None:
 
 
 @hookimpl
-async def snapshot_elsewhere(app: App, name: str, request: SnapshotRequest) -> Snapshot | None:
+async def assign_sources(app: App, names: list[str]) -> dict[str, str] | None:
+    """Each configured source is pulled by one live node, the one rendezvous hashing gives;
+    a node keeps a source that moved until its new owner waits for it (is pulling it)."""
+    cluster = _cluster(app)
+    if cluster is None:
+        return None
+    node = cluster.node
+    live = node.live or {node.id}
+    plan = {}
+    for name in names:
+        held = app.streams.lookup(name) is not None
+        if not node.reachable:  # no view of the others: change nothing
+            plan[name] = "keep" if held else "drop"
+            continue
+        owner = placed_on(name, live)
+        if owner == node.id:
+            plan[name] = "pull"
+        elif held:
+            plan[name] = "drop" if await node.waits_for(name, owner) else "keep"
+        else:
+            plan[name] = "drop"
+    return plan
+
+
+@hookimpl
+async def snapshot_elsewhere(
+    app: App, name: str, held_as: str, request: SnapshotRequest
+) -> Snapshot | None:
     cluster = _cluster(app)
     if cluster is None or FORWARDED.get():
         return None
-    peer = await cluster.owner(name)
+    peer = await cluster.owner(held_as)
     if peer is None:
         return None
     started = time.perf_counter()
@@ -185,7 +215,7 @@ async def forward_request(
         peers = await _peers(cluster)
     for peer in peers:
         status, headers, data = await cluster.forwarder.request(
-            peer, request.method, request.path_qs, raw
+            peer, request.method, request.raw_path, raw
         )
         if status != 404:
             return web.Response(
@@ -209,7 +239,7 @@ async def _find_all(app: App, cluster: Cluster, request: web.Request, raw: bytes
     answers: dict[str, bytes] = {}
     for peer in await _peers(cluster):
         try:
-            status, _, data = await cluster.forwarder.request(peer, "POST", request.path_qs, raw)
+            status, _, data = await cluster.forwarder.request(peer, "POST", request.raw_path, raw)
         except Unavailable:
             continue  # a node that does not answer has no streams to show
         if status == 200:

@@ -11,6 +11,7 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 from PIL import Image
+from yarl import URL
 
 from ...core.errors import SnapshotError, StreamNotFound, Unavailable
 from ...core.imaging import FORMATS
@@ -54,8 +55,9 @@ class Forwarder:
         if body:
             headers["Content-Type"] = "application/json"
         try:
+            url = URL(peer.url + target, encoded=True)  # sent as signed, not re-quoted
             async with self.session.request(
-                method, peer.url + target, data=body or None, headers=headers
+                method, url, data=body or None, headers=headers
             ) as resp:
                 data = await resp.read()
                 status, answer_headers = resp.status, dict(resp.headers)

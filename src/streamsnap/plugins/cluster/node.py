@@ -49,13 +49,15 @@ end
 return owner
 """
 # Take a name: free, ours already (a claim from before a restart), or held by a node whose
-# heartbeat is gone (it died: its claim would expire within the TTL anyway).
+# heartbeat is gone (it died: its claim would expire within the TTL anyway). Refused: say
+# that this node waits for it (a source handed over once its new owner is ready).
 _CLAIM = """
 local owner = redis.call('GET', KEYS[1])
 if owner == false or owner == ARGV[1] or redis.call('EXISTS', ARGV[3] .. owner) == 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return ARGV[1]
 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return owner
 """
 # Who holds a name, and that node's heartbeat, in one round trip.
@@ -132,6 +134,7 @@ class Node:
         self.url = settings.advertise_url.rstrip("/")
         self.stats: Counter[str] = Counter()  # claims, refusals, failovers, redis errors, ...
         self.reachable = True  # Redis answered the last call
+        self.live: set[str] = set()  # the live nodes' ids, as of the last heartbeat
         self._task: asyncio.Task[None] | None = None
         self._cpu = (time.monotonic(), time.process_time())
 
@@ -175,7 +178,9 @@ class Node:
         ours until Redis says otherwise), else the id of the node that holds it."""
         key = PREFIX + "stream:" + name
         try:
-            owner = await self._claim([key], [self.id, self.ttl_ms, PREFIX + "node:"])
+            owner = await self._claim(
+                [key, PREFIX + "waiting:" + name], [self.id, self.ttl_ms, PREFIX + "node:"]
+            )
         except (RedisError, OSError) as exc:
             self._failed("claim", exc)
             return None
@@ -205,6 +210,16 @@ class Node:
         if not answer or answer[0] == self.id:
             return None
         return _peer(answer[1] if len(answer) > 1 else None)
+
+    async def waits_for(self, name: str, node: str) -> bool:
+        """Is ``node`` waiting to take ``name`` over (its claim was refused lately)?"""
+        try:
+            waiting = await self.redis.get(PREFIX + "waiting:" + name)
+            self._ok()
+        except (RedisError, OSError) as exc:
+            self._failed("lookup", exc)
+            return False
+        return waiting == node
 
     async def peers(self) -> list[Peer]:
         """Every other live node."""
@@ -245,11 +260,13 @@ class Node:
             pipe.set(PREFIX + "node:" + self.id, info, px=self.ttl_ms)
             pipe.zadd(PREFIX + "nodes", {self.id: now + self.ttl_ms})
             pipe.zremrangebyscore(PREFIX + "nodes", "-inf", now - 60_000)
+            pipe.zrangebyscore(PREFIX + "nodes", now, "+inf")
             for stream in streams:
                 pipe.eval(_RENEW, 1, PREFIX + "stream:" + stream.name, self.id, self.ttl_ms)
             answers = await pipe.execute()
         self._ok()
-        for stream, owner in zip(streams, answers[3:], strict=True):
+        self.live = {*answers[3], self.id}
+        for stream, owner in zip(streams, answers[4:], strict=True):
             if owner != self.id and self.app.is_live(stream):
                 self.stats["conflicts"] += 1
                 log.warning(

@@ -13,7 +13,15 @@ from collections.abc import AsyncIterator
 
 from ...core import hosts
 from ...core.app import App
-from ...core.errors import ConfigError, InvalidStreamName, NotAllowed, Refused, SnapshotError
+from ...core.errors import (
+    ConfigError,
+    InvalidStreamName,
+    NotAllowed,
+    Refused,
+    SnapshotError,
+    StreamNameInUse,
+    StreamsnapError,
+)
 from ...core.state import StateKey
 from ...core.streams import Stream
 from ...core.supervisor import mask_credentials
@@ -30,6 +38,8 @@ from .urls import (
 
 log = logging.getLogger(__name__)
 
+PLACEMENT_PERIOD_S = 0.5
+
 
 class PullPlugin:
     def __init__(self, app: App) -> None:
@@ -39,6 +49,9 @@ class PullPlugin:
         self.cameras: dict[str, Pull] = {}  # by stream name
         self._admitting: Counter[str] = Counter()  # pulls being admitted, by client address
         self._sweeper: asyncio.Task[None] | None = None
+        self._placer: asyncio.Task[None] | None = None
+        self.configured: dict[str, tuple[SourceUrl, str]] = {}  # [[pull.cameras]], [[pull.sources]]
+        self.standby: dict[str, Pull] = {}  # pulled, waiting for their name to be handed over
         self.allowed = hosts.HostAllowList(settings.allowed_hosts, ALLOWED_HOSTS)
         self.credentials = [CredentialRule.parse(i, e) for i, e in enumerate(settings.credentials)]
 
@@ -86,11 +99,75 @@ class PullPlugin:
         return out
 
     async def start(self) -> None:
-        for name, url, transport in self._configured():
+        self.configured = {name: (url, transport) for name, url, transport in self._configured()}
+        plan = await self._plan()
+        for name in self.configured:
+            if plan is None or plan.get(name) == "pull":
+                await self._take(name)
+        if plan is not None:  # shared out with other servers: follow the plan as it changes
+            self._placer = self.app.spawn(self._place(), name="pull-placement")
+        self._sweeper = self.app.spawn(self._sweep(), name="pull-idle")
+
+    # ---------------------------------------------------------------- placement
+    async def _plan(self) -> dict[str, str] | None:
+        """What to do with each configured source (``assign_sources``); None: pull them all."""
+        if not self.configured:
+            return None
+        return await self.app.pm.afirstresult(
+            "assign_sources", app=self.app, names=list(self.configured)
+        )
+
+    async def _take(self, name: str) -> None:
+        """Pull the configured source ``name`` here: at once when its name is free, else on
+        standby (FFmpeg running, frames arriving, the name not held) until it is handed over."""
+        if name in self.cameras or name in self.standby:
+            return
+        url, transport = self.configured[name]
+        try:
             await self.start_pull(
                 name, url, transport, on_demand=False, target=Target(trusted=True)
             )
-        self._sweeper = self.app.spawn(self._sweep(), name="pull-idle")
+        except StreamNameInUse as exc:
+            pull = Pull(self.app, self, name, url, transport, False, Target(trusted=True))
+            self.standby[name] = pull
+            pull.supervisor.start()
+            log.info("stream %s: pulling on standby until it is handed over (%s)", name, exc)
+
+    async def _promote(self, pull: Pull) -> None:
+        """A standby pull with pictures takes the name as soon as it is free."""
+        if not pull.stream.frames.decodable:
+            return
+        try:
+            await self.app.claim(pull.stream)
+        except StreamNameInUse:
+            return
+        del self.standby[pull.name]
+        self.cameras[pull.name] = pull
+        await self.app.announce(pull.stream)
+        log.info("stream %s: handed over: pulled here from now on", pull.name)
+
+    async def _place(self) -> None:
+        while True:
+            await asyncio.sleep(PLACEMENT_PERIOD_S)
+            try:
+                plan = await self._plan() or dict.fromkeys(self.configured, "pull")
+            except StreamsnapError as exc:
+                log.warning("pulls: no placement this time: %s", exc)
+                continue
+            for name in self.configured:
+                action = plan.get(name, "drop")
+                pull = self.cameras.get(name)
+                if action == "pull":
+                    if name in self.standby:
+                        await self._promote(self.standby[name])
+                    else:
+                        await self._take(name)
+                elif action == "drop":
+                    if pull is not None and not pull.on_demand:
+                        await self.drop(pull, "moved to another node")
+                    waiting = self.standby.pop(name, None)
+                    if waiting is not None:
+                        await waiting.supervisor.stop()
 
     async def start_pull(
         self, name: str, url: SourceUrl, transport: str, on_demand: bool, target: Target
@@ -114,8 +191,12 @@ class PullPlugin:
         return pull
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._placer):
+            if task is not None:
+                task.cancel()
+        for pull in list(self.standby.values()):
+            await pull.supervisor.stop()
+        self.standby.clear()
         await asyncio.gather(
             *(self.drop(p, "server shutting down") for p in list(self.cameras.values())),
             return_exceptions=True,
