@@ -2,10 +2,12 @@
 against the same snapshot asked of another node (forwarded), in one run, interleaved, on one
 kept-alive connection per node; and how long a killed node's stream names stay taken.
 
-    python bench/cluster.py --requests 300 --ttl 5
+    python bench/cluster.py --requests 300 --ttl 5 --nodes 5 --cameras 20
 
 Media: a camera-like 720p30 clip (sensor noise, B-frames, 2.5 Mbit/s) published over RTMP to
-node A; node B forwards to A. Both nodes and redis-server run on this machine.
+node A; node B forwards to A. Both nodes and redis-server run on this machine. Then
+``--nodes`` nodes share ``--cameras`` cameras (one GStreamer RTSP server, one encoder for all):
+how they spread, and how long the cameras of a killed node take to be pulled again.
 """
 
 from __future__ import annotations
@@ -27,20 +29,88 @@ sys.path.insert(0, str(ROOT))
 from bench.common import OUT, log, percentile, publish, stop  # noqa: E402
 from bench.compare import camera_clip  # noqa: E402
 from tests.helpers.redis import RedisServer  # noqa: E402
+from tests.helpers.rtsp import RtspCamera  # noqa: E402
 from tests.helpers.server import ServerProcess, write_config  # noqa: E402
 
 SECRET = "bench-secret-of-the-cluster-run"
 
 
-def node(tmp: Path, name: str, redis: RedisServer, ttl: float) -> ServerProcess:
+def node(tmp: Path, name: str, redis: RedisServer, ttl: float, **sections) -> ServerProcess:
     work = tmp / name
     work.mkdir()
     cfg = write_config(
         work / "c.toml",
         server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
         cluster={"redis_url": redis.url, "secret": SECRET, "node_id": name, "claim_ttl_s": ttl},
+        **sections,
     )
     return ServerProcess(cfg, cwd=work).start()
+
+
+def placement(srv: ServerProcess) -> dict[str, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.ports["http"], timeout=10)
+    conn.request("POST", "/rest-api/stream/find_all", b"{}", {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return {s["name"]: s["node"] for s in json.loads(body)} if resp.status == 200 else {}
+
+
+def bench_cameras(redis: RedisServer, n_nodes: int, n_cams: int, ttl: float) -> dict:
+    """``n_nodes`` nodes share ``n_cams`` cameras; one is killed."""
+    camera = RtspCamera(size="640x360", fps=15, one_encoder=True)
+    cams = [
+        {"name": f"cam{i:02d}", "url": camera.url(query=f"?channel={i}")} for i in range(n_cams)
+    ]
+    nodes: dict[str, ServerProcess] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-cameras-") as tmp:
+            t0 = time.monotonic()
+            for i in range(n_nodes):
+                name = f"n{i}"
+                nodes[name] = node(Path(tmp), name, redis, ttl, pull={"cameras": cams})
+            started = time.monotonic() - t0
+
+            def settled(ids: set[str]) -> dict[str, str] | None:
+                held = placement(next(nodes[i] for i in ids))
+                return held if len(held) == n_cams and set(held.values()) <= ids else None
+
+            deadline = time.monotonic() + 60
+            spread = None
+            while time.monotonic() < deadline and spread is None:
+                spread = settled(set(nodes))
+                if spread is None or len(set(spread.values())) < n_nodes:
+                    spread = None
+                    time.sleep(0.2)
+            settle_s = time.monotonic() - t0
+            counts = sorted(list(spread.values()).count(n) for n in nodes) if spread else []
+            victim = max(nodes, key=lambda n: list((spread or {}).values()).count(n))
+            lost = sorted(c for c, n in (spread or {}).items() if n == victim)
+            nodes[victim].proc.kill()
+            killed = time.monotonic()
+            nodes[victim].proc.wait()
+            survivors = set(nodes) - {victim}
+            del nodes[victim]
+            back = None
+            while time.monotonic() - killed < ttl + 30 and back is None:
+                held = settled(survivors)
+                back = held if held and all(held.get(c) in survivors for c in lost) else None
+                if back is None:
+                    time.sleep(0.1)
+            failover_s = time.monotonic() - killed
+    finally:
+        for srv in nodes.values():
+            srv.stop()
+        camera.stop()
+    return {
+        "nodes": n_nodes,
+        "cameras": n_cams,
+        "nodes_started_s": round(started, 1),
+        "spread_after_s": round(settle_s, 1),
+        "cameras_per_node": counts,
+        "killed_node_cameras": len(lost),
+        "failover_s": round(failover_s, 2) if back else None,
+    }
 
 
 def timed_get(conn: http.client.HTTPConnection, path: str) -> float:
@@ -58,6 +128,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=300, help="per node")
     ap.add_argument("--ttl", type=float, default=5.0, help="[cluster] claim_ttl_s")
+    ap.add_argument("--nodes", type=int, default=5, help="nodes sharing the cameras")
+    ap.add_argument("--cameras", type=int, default=20)
     args = ap.parse_args()
     clip = camera_clip()
     redis = RedisServer()
@@ -107,6 +179,10 @@ def main() -> int:
                 time.sleep(0.05)
             forgotten_s = time.monotonic() - killed
             probe.close()
+        for srv in nodes:
+            srv.stop()
+        nodes = []
+        cams = bench_cameras(redis, args.nodes, args.cameras, args.ttl) if args.cameras else {}
     finally:
         if pub is not None:
             stop(pub)
@@ -126,6 +202,7 @@ def main() -> int:
         if any(status != 404 for _, status in answers)
         else None,
         "while_dead_statuses": sorted({status for _, status in answers}),
+        "cameras": cams,
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "cluster.json").write_text(json.dumps(result, indent=2))
@@ -144,6 +221,12 @@ def main() -> int:
         f"{args.ttl:g}); meanwhile answers {result['while_dead_statuses']}, the slowest in "
         f"{result['while_dead_max_ms']} ms"
     )
+    if cams:
+        print(
+            f"{cams['cameras']} cameras on {cams['nodes']} nodes: spread {cams['cameras_per_node']} "
+            f"{cams['spread_after_s']} s after the first node started; a killed node's "
+            f"{cams['killed_node_cameras']} cameras pulled again after {cams['failover_s']} s"
+        )
     return 0
 
 

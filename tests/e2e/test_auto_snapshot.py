@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.helpers.media import ffmpeg_testsrc
 from tests.helpers.rtmp_client import RtmpClient, make_flv
+from tests.helpers.server import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -281,7 +282,6 @@ def test_gallery_finds_each_stream_in_the_folder_it_really_writes(make_server, t
     """The gallery asks the auto-snapshot plugin where a stream's files go: a per-stream
     ``naming`` override is honoured (the pages used to recompute the folder from the global
     naming, and showed nothing for such a stream)."""
-    from tests.helpers.server import wait_for
 
     srv = auto_server(
         make_server,
@@ -307,3 +307,29 @@ def test_gallery_finds_each_stream_in_the_folder_it_really_writes(make_server, t
     finally:
         for p in pubs:
             p.stop()
+
+
+def test_after_a_sigkill_the_half_written_file_goes_and_numbering_continues(make_server, tmp_path):
+    """A server killed in the middle of a write leaves ``.NAME_N.png.tmp``; when the stream
+    is published again (on a restarted server) that file is removed and numbering goes on
+    after the highest complete file."""
+    import signal
+
+    srv = auto_server(make_server, tmp_path, snapshot_auto_rate=5)
+    pub = ffmpeg_testsrc(srv.rtmp_url("crash"), size="320x240")
+    folder = tmp_path / "snaps" / "crash"
+    try:
+        wait_for(lambda: len(numbered(folder)) >= 3, 15, "a few files")
+        os.kill(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait()
+    finally:
+        pub.stop()
+    last = numbered(folder)[-1]
+    partial = folder / f".crash_{last + 1:08d}.png.tmp"
+    partial.write_bytes(b"\x89PNG half of it")  # what the kill left mid-write
+    srv2 = auto_server(make_server, tmp_path, snapshot_auto_rate=5)
+    publish_for(srv2, "crash", 2)
+    assert not partial.exists()
+    srv2.wait_log(r"stream crash: removed \.crash_\d+\.png\.tmp, left half-written")
+    after = numbered(folder)
+    assert after[after.index(last) + 1] == last + 1  # numbering goes on from the disk

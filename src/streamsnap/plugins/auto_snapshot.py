@@ -179,11 +179,23 @@ class AutoSnapshotter:
 
     @staticmethod
     def _scan(target: Target) -> list[int]:
-        pattern = re.compile(rf"^{re.escape(target.prefix)}_(\d+)\.(png|jpg|webp)$")
+        """Worker thread: the numbers of the stream's files on disk, oldest first. A temporary
+        file of the stream's is what a killed server left half-written: removed (the name is
+        this server's now, nobody else writes these files)."""
+        prefix = re.escape(target.prefix)
+        pattern = re.compile(rf"^{prefix}_(\d+)\.(png|jpg|webp)$")
+        partial = re.compile(rf"^\.{prefix}_\d+\.(png|jpg|webp)\.tmp$")
         try:
             names = os.listdir(target.folder)
         except OSError:
             return []
+        for name in names:
+            if partial.match(name):
+                with contextlib.suppress(FileNotFoundError):
+                    (target.folder / name).unlink()
+                    log.warning(
+                        "stream %s: removed %s, left half-written", target.stream.name, name
+                    )
         return sorted(int(m.group(1)) for n in names if (m := pattern.match(n)))
 
     def frame(self, stream: Stream, frame: FrameHandle) -> None:
