@@ -6,7 +6,9 @@ live name is refused on every node, in its protocol's terms. A snapshot (REST, i
 WebSocket), ``find`` or ``terminate`` of a stream held by another node is forwarded to that
 node over pooled HTTP connections, signed with ``[cluster] secret`` (:mod:`.forward`,
 :mod:`.signing`), and answered as if local; ``find_all`` merges every node's streams, each
-with its ``node``. Saved snapshots are appended to the Redis stream ``streamsnap:events``.
+with its ``node``. The cameras and sources every node lists are shared out among the live
+nodes (:mod:`.placement`, hook ``assign_sources``). Saved snapshots are appended to the Redis
+stream ``streamsnap:events``. docs/cluster.md tells the whole of it.
 """
 
 from __future__ import annotations
@@ -74,12 +76,7 @@ class ClusterRegistry(MemoryRegistry):
             raise StreamNameInUse(
                 f"stream {stream.name!r} is already published on node {owner}", stream.name
             )
-        try:
-            self.add(stream)
-        except StreamNameInUse:
-            if self.lookup(stream.name) is None:  # pragma: no cover (add refused: one holds it)
-                await self.node.release(stream.name)
-            raise
+        self.add(stream)  # raises if a publisher here took the name meanwhile: it holds it
 
     async def release(self, stream: Stream) -> bool:
         held = self.remove(stream)
