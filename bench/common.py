@@ -13,6 +13,7 @@ import platform
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.helpers.media import FFMPEG
@@ -113,6 +114,20 @@ def stop(proc: subprocess.Popen) -> None:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def idle_cpu(pid: int, window: float, start: Callable[[], object]) -> tuple[float, float]:
+    """The CPU of ``pid`` as a share of one core: its own baseline over ``window / 2``
+    seconds, then, once ``start()`` has brought the streams up and 3 s have passed, over
+    ``window`` seconds with them."""
+    c0 = cpu_seconds(pid)
+    time.sleep(window / 2)
+    base = (cpu_seconds(pid) - c0) / (window / 2)
+    start()
+    time.sleep(3)
+    c0, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(window)
+    return base, (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
 
 
 def percentile(values: list[float], p: float) -> float:

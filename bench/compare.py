@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import OUT, cpu_seconds, log, percentile, publish, rest_snapshot_ms, stop  # noqa: E402
+from bench.common import OUT, idle_cpu, log, percentile, publish, rest_snapshot_ms, stop  # noqa: E402
 from bench.part_latency import wait_decoded  # noqa: E402
 from tests.helpers.media import FFMPEG  # noqa: E402
 from tests.helpers.server import ServerProcess, write_config  # noqa: E402
@@ -73,21 +73,17 @@ def one_round(src: Path, workdir: Path, clip: Path, streams: int, window: float,
     server = ServerProcess(cfg, env={"PYTHONPATH": str(src)}, cwd=workdir).start()
     pubs = []
     try:
-        pid = server.proc.pid
         time.sleep(2)
-        c0 = cpu_seconds(pid)
-        time.sleep(window / 2)
-        base = (cpu_seconds(pid) - c0) / (window / 2)
-        random_offsets = random.sample(range(streams * 7), streams)  # spread over the GOP
-        for i in sorted(range(streams), key=lambda i: random_offsets[i]):
-            pubs.append(publish(clip, server.rtmp_url(f"idle{i}")))
-            time.sleep(2.0 / streams)
-        for i in range(streams):
-            server.wait_stream(f"idle{i}", timeout=30, frames=30)
-        time.sleep(3)
-        c0, t0 = cpu_seconds(pid), time.monotonic()
-        time.sleep(window)
-        used = (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+
+        def start() -> None:
+            order = random.sample(range(streams), streams)
+            for i in order:  # 2 s apart at most: spread over the GOP
+                pubs.append(publish(clip, server.rtmp_url(f"idle{i}")))
+                time.sleep(2.0 / streams)
+            for i in range(streams):
+                server.wait_stream(f"idle{i}", timeout=30, frames=30)
+
+        base, used = idle_cpu(server.proc.pid, window, start)
         rest_snapshot_ms(server, "idle0")  # asked for once: the policy warms it
         wait_decoded(server, "idle0")
         warm = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from bench.common import cpu_seconds, log, make_clip, publish, stop, tree_pss_mib
+from bench.common import idle_cpu, log, make_clip, publish, stop, tree_pss_mib
 from tests.helpers.nginx import NginxRtmp
 from tests.helpers.server import ServerProcess
 
@@ -27,18 +27,16 @@ def bench_idle(
     ):
         time.sleep(2)
         mem0 = tree_pss_mib(pid)
-        c0 = cpu_seconds(pid)
-        time.sleep(window / 2)
-        base = (cpu_seconds(pid) - c0) / (window / 2)
-        pubs = [publish(clip, url_of(f"idle{i}")) for i in range(streams)]
-        try:
+        pubs: list = []
+
+        def start(url_of=url_of, label=label, pubs=pubs) -> None:
+            pubs.extend(publish(clip, url_of(f"idle{i}")) for i in range(streams))
             if label == "streamsnap":
                 for i in range(streams):
                     server.wait_stream(f"idle{i}", timeout=30, frames=30)
-            time.sleep(3)
-            c0, t0 = cpu_seconds(pid), time.monotonic()
-            time.sleep(window)
-            used = (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+
+        try:
+            base, used = idle_cpu(pid, window, start)
             mem1 = tree_pss_mib(pid)
         finally:
             for p in pubs:

@@ -339,3 +339,25 @@ def test_a_camera_asked_for_by_url_is_pulled_by_one_node_only(cluster, make_came
     assert status == 200 and body["data"].startswith("iVBORw0KGgo"), body
     assert _ffmpeg_children(a) == 1 and _ffmpeg_children(b) == 0
     assert _placement(b) == {url: ["node0"]}
+
+
+def test_nodes_find_redis_through_sentinel(make_server, redis):
+    from tests.helpers.redis import RedisSentinel
+
+    sentinel = RedisSentinel(redis)
+    try:
+        a, b = (
+            make_server(
+                cluster={"redis_url": sentinel.url, "secret": SECRET, "node_id": f"node{i}"}
+            )
+            for i in range(2)
+        )
+        pub = ffmpeg_testsrc(a.rtmp_url("via-sentinel"), size="320x240")
+        try:
+            a.wait_stream("via-sentinel", frames=10)
+            status, body = b.snapshot("via-sentinel")
+            assert status == 200 and body["data"].startswith("iVBORw0KGgo"), body
+        finally:
+            pub.stop()
+    finally:
+        sentinel.stop()

@@ -60,3 +60,43 @@ class RedisServer:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisSentinel:
+    """A Redis Sentinel watching ``master`` under the name ``mymaster``."""
+
+    def __init__(self, master: RedisServer, name: str = "mymaster") -> None:
+        self.port = free_port()
+        self.name = name
+        self.dir = Path(tempfile.mkdtemp(prefix="sentinel-"))
+        conf = self.dir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {name} 127.0.0.1 {master.port} 1\n"
+            f"sentinel down-after-milliseconds {name} 1000\n"
+        )
+        self.proc = subprocess.Popen(
+            ["redis-server", str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+                    s.sendall(f"SENTINEL get-master-addr-by-name {name}\r\n".encode())
+                    if str(master.port).encode() in s.recv(256):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("redis sentinel did not start")
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.name}/0"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -31,7 +31,7 @@ from .listeners import ConnectionLimiter, HostCheck, load_tls, make_runner, star
 from .plugins import PluginManager, make_plugin_manager
 from .snapshot import Snapshot, SnapshotRequest, SnapshotService
 from .state import State
-from .streams import MemoryRegistry, Stream, StreamRegistry
+from .streams import MemoryRegistry, Stream, StreamRegistry, reason_kind
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class App:
         if not await self.streams.release(stream):
             return
         stream.status = "UNPUBLISHED"
-        self.ended[stream.protocol, _reason_kind(reason or "publisher left")] += 1
+        self.ended[stream.protocol, reason_kind(reason or "publisher left")] += 1
         stream.frames.reset()
         self.snapshots.forget(stream)
         self._release_memory_soon()
@@ -295,8 +295,3 @@ class App:
     async def snapshot_saved(self, stream: Stream | None, path: str) -> None:
         """A complete snapshot file exists at ``path``: tell the plugins, once per file."""
         await self.pm.abroadcast("on_snapshot_saved", stream=stream, path=path, app=self)
-
-
-def _reason_kind(reason: str) -> str:
-    """A bounded label for why a stream ended: the reason up to its details."""
-    return reason.split(":", 1)[0].split(" (", 1)[0].strip()[:48] or "unknown"

@@ -221,13 +221,8 @@ class PluginManager(pluggy.PluginManager):
                 result = impl.function(*[kwargs[a] for a in impl.argnames])
                 if inspect.isawaitable(result):
                     result = await result
-            except StreamsnapError:
-                raise  # a deliberate answer (e.g. InvalidStreamName), not a plugin bug
             except Exception as exc:
-                self.guard.failed(impl.plugin_name, hook_name, exc, kwargs.get("stream"))
-                if on_error is not None:
-                    return on_error, impl.plugin_name
-                continue
+                result = self._first_failed(impl, hook_name, kwargs, exc, on_error)
             if result is not None:
                 return result, impl.plugin_name
         return None, ""
@@ -240,16 +235,22 @@ class PluginManager(pluggy.PluginManager):
         for impl in self._impls(getattr(self.hook, hook_name)):
             try:
                 result = impl.function(*[kwargs[a] for a in impl.argnames])
-            except StreamsnapError:
-                raise
             except Exception as exc:
-                self.guard.failed(impl.plugin_name, hook_name, exc, kwargs.get("stream"))
-                if on_error is not None:
-                    return on_error, impl.plugin_name
-                continue
+                result = self._first_failed(impl, hook_name, kwargs, exc, on_error)
             if result is not None:
                 return result, impl.plugin_name
         return None, ""
+
+    def _first_failed(
+        self, impl: Any, hook_name: str, kwargs: dict[str, Any], exc: Exception, on_error: Any
+    ) -> Any:
+        """A first-result implementation raised: streamsnap's own errors are answers (e.g.
+        InvalidStreamName) and propagate; another is logged and skipped (None), or answers
+        ``on_error`` (fail closed)."""
+        if isinstance(exc, StreamsnapError):
+            raise exc
+        self.guard.failed(impl.plugin_name, hook_name, exc, kwargs.get("stream"))
+        return on_error
 
 
 class _Logged:

@@ -178,3 +178,8 @@ class MemoryRegistry(StreamRegistry):
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+
+def reason_kind(reason: str) -> str:
+    """A bounded label for why a stream ended (``/metrics``): the reason up to its details."""
+    return reason.split(":", 1)[0].split(" (", 1)[0].strip()[:48] or "unknown"

@@ -175,14 +175,10 @@ async def find(request: web.Request) -> web.Response:
                 stream = await app.resolve(filters["name"], request.remote or "")
                 filters["name"] = stream.name
         streams = app.streams.find(**filters)
-        if not streams:  # held by another node of a cluster?
-            answer = await _elsewhere(request, body)
-            if answer is not None:
-                return answer
+        if not streams:
+            return await _none_here(request, body)
     except FAILURES as exc:
         return failure_response(request, exc)
-    if not streams:
-        return error_response(request, 404, "Stream not found")
     return web.json_response([stream_json(s) for s in streams])
 
 
@@ -213,14 +209,10 @@ async def terminate(request: web.Request) -> web.Response:
         streams = app.streams.find(**_filters(body))
         if ids is not None:
             streams = [s for s in streams if s.media_session_id in ids]
-        if not streams:  # held by another node of a cluster?
-            answer = await _elsewhere(request, body)
-            if answer is not None:
-                return answer
+        if not streams:
+            return await _none_here(request, body)
     except FAILURES as exc:
         return failure_response(request, exc)
-    if not streams:
-        return error_response(request, 404, "Stream not found")
     for stream in streams:
         log.info("stream %s: terminated over REST", stream.name)
         await app.terminate(stream)
@@ -231,6 +223,12 @@ async def _elsewhere(request: web.Request, body: dict[str, Any]) -> web.StreamRe
     """The answer a plugin gives for streams this node does not hold (``forward_request``)."""
     app = _app(request)
     return await app.pm.afirstresult("forward_request", app=app, request=request, body=body)
+
+
+async def _none_here(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """No stream here matches: another server's answer (a cluster), else 404."""
+    answer = await _elsewhere(request, body)
+    return answer if answer is not None else error_response(request, 404, "Stream not found")
 
 
 async def healthz(request: web.Request) -> web.Response:
