@@ -92,6 +92,12 @@ def test_any_node_answers_for_any_stream_with_the_live_picture(cluster):
         )
         assert got[1]["data"][0]["type"] == "snapshotCompleted", got
         assert got[1]["data"][0]["payload"]["snapshot"].startswith("iVBORw0KGgo")
+        # the gallery of any node shows the stream, its live picture through that node
+        status, raw, _ = c.request("GET", "/gallery.json")
+        entry = next(s for s in json.loads(raw)["streams"] if s["name"] == "cam1")
+        assert entry["node"] == "node0"
+        status, jpeg, _ = c.request("GET", entry["live"])
+        assert status == 200 and jpeg[:2] == b"\xff\xd8"
         # `streamsnap cluster` shows every node and what it holds
         out = subprocess.run(
             [sys.executable, "-m", "streamsnap", "cluster", "--config", str(a.config), "--json"],

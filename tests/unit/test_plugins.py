@@ -848,3 +848,34 @@ def test_rendezvous_placement_moves_only_what_it_must():
     assert 25 < sum(four[n] == "d" for n in names) < 75
     two = {n: owner(n, ["a", "b"]) for n in names}
     assert all(two[n] == three[n] for n in names if three[n] != "c")  # a leave moves only its own
+
+
+async def test_hook_streams_elsewhere():
+    """Streams another server holds appear in the gallery, with their node and a live
+    picture URL on this server."""
+    from aiohttp import ClientSession
+
+    class Others:
+        @hookimpl
+        async def streams_elsewhere(self, app):
+            return [{"name": "far cam", "mediaSessionId": "m9", "protocol": "rtmp", "node": "b"}]
+
+    app = await _app_with(("others", Others()))
+    try:
+        url = f"http://127.0.0.1:{app.ports['http']}/gallery.json"
+        async with ClientSession() as http, http.get(url) as resp:
+            streams = (await resp.json())["streams"]
+        assert streams == [
+            {
+                "name": "far cam",
+                "mediaSessionId": "m9",
+                "protocol": "rtmp",
+                "width": 0,
+                "height": 0,
+                "node": "b",
+                "snapshot": None,
+                "live": "/streams/far%20cam/snapshot.jpg?width=480",
+            }
+        ]
+    finally:
+        await app.stop()

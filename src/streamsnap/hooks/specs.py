@@ -91,6 +91,17 @@ def authenticate_request(app: App, request: web.Request) -> str | None:
 
 
 @_hookspec(firstresult=True)
+def streams_elsewhere(app: App) -> list[dict[str, Any]] | None:
+    """The live streams other servers hold, as ``/rest-api/stream/find_all`` shows them, each
+    with its ``node`` (in a cluster), for the pages that show every stream (the gallery); None
+    for a server on its own.
+
+    May return an awaitable; raise :class:`streamsnap.core.errors.Unavailable` when they
+    cannot be asked. Stops at the first non-None result.
+    """
+
+
+@_hookspec(firstresult=True)
 def assign_sources(app: App, names: list[str]) -> dict[str, str] | None:
     """Which of the sources configured on this server (``[[pull.cameras]]``,
     ``[[pull.sources]]``, by name) it should pull: for each name ``"pull"`` (pull it here; when

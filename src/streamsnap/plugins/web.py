@@ -21,6 +21,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ..core.app import APP_KEY, App
+from ..core.errors import Unavailable
 from ..core.http import Route, open_route
 from ..core.state import StateKey
 from ..core.streams import Stream
@@ -129,6 +130,24 @@ async def gallery_state(request: web.Request) -> web.Response:
                 "height": stream.height,
                 "snapshot": snapshot_url(app, str(newest)) if newest else None,
                 "live": "/streams/" + quote(stream.name, safe="") + "/snapshot.jpg?width=480",
+            }
+        )
+    try:  # other servers' streams (a cluster): their live picture, through this server
+        others = await app.pm.afirstresult("streams_elsewhere", app=app) or []
+    except Unavailable:
+        others = []
+    for other in others:
+        name = str(other.get("name", ""))
+        streams.append(
+            {
+                "name": name,
+                "mediaSessionId": other.get("mediaSessionId", ""),
+                "protocol": other.get("protocol", ""),
+                "width": other.get("width", 0),
+                "height": other.get("height", 0),
+                "node": other.get("node", ""),
+                "snapshot": None,
+                "live": "/streams/" + quote(name, safe="") + "/snapshot.jpg?width=480",
             }
         )
     return web.json_response({"streams": streams})

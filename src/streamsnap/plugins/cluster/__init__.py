@@ -230,23 +230,38 @@ async def _peers(cluster: Cluster) -> list[Any]:
         raise Unavailable("the cluster registry (Redis) does not answer") from None
 
 
-async def _find_all(app: App, cluster: Cluster, request: web.Request, raw: bytes) -> web.Response:
-    from ..rest import stream_json  # the REST plugin's stream object, its public interface
-
+async def _others(cluster: Cluster, target: str, raw: bytes) -> dict[str, bytes]:
+    """Every other live node's answer to ``POST target`` (``find_all``), by node."""
     answers: dict[str, bytes] = {}
     for peer in await _peers(cluster):
         try:
-            status, _, data = await cluster.forwarder.request(peer, "POST", request.raw_path, raw)
+            status, _, data = await cluster.forwarder.request(peer, "POST", target, raw)
         except Unavailable:
             continue  # a node that does not answer has no streams to show
         if status == 200:
             answers[peer.id] = data
+    return answers
+
+
+async def _find_all(app: App, cluster: Cluster, request: web.Request, raw: bytes) -> web.Response:
+    from ..rest import stream_json  # the REST plugin's stream object, its public interface
+
+    answers = await _others(cluster, request.raw_path, raw)
     streams = merge_streams([stream_json(s) for s in app.streams], cluster.node.id, answers)
     if not streams:
         from ...core.http import error_response
 
         return error_response(request, 404, "Stream not found")
     return web.json_response(streams)
+
+
+@hookimpl
+async def streams_elsewhere(app: App) -> list[dict[str, Any]] | None:
+    cluster = _cluster(app)
+    if cluster is None or FORWARDED.get():
+        return None
+    answers = await _others(cluster, "/rest-api/stream/find_all", b"{}")
+    return merge_streams([], cluster.node.id, answers)
 
 
 def _file_url(app: App, node_url: str, path: str) -> str:
