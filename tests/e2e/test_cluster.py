@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -285,6 +286,16 @@ def _ffmpeg_children(node: ServerProcess) -> int:
     return count
 
 
+def _moved_here(node: ServerProcess) -> float:
+    """Configured sources that moved to ``node`` after its start (its /metrics)."""
+    text = node.request("GET", "/metrics")[1].decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("streamsnap_pull_taken_over_total")
+    )
+
+
 def test_cameras_are_shared_out_pulled_once_and_move_when_nodes_die_or_join(
     cluster, make_server, make_camera, redis
 ):
@@ -309,12 +320,15 @@ def test_cameras_are_shared_out_pulled_once_and_move_when_nodes_die_or_join(
     )
     # the node holding the most cameras dies: the others take its cameras
     victim = max(nodes, key=lambda n: list(before.values()).count(n))
+    moved_before = sum(_moved_here(nodes[n]) for n in nodes if n != victim)
     os.kill(nodes[victim].proc.pid, signal.SIGKILL)
     nodes[victim].proc.wait()
     killed = time.monotonic()
     survivors = [n for n in nodes if n != victim]
     del nodes[victim]
     after = wait_for(lambda: settled(survivors), TTL + 10, "the cameras taken over")
+    moved_here = sum(_moved_here(nodes[n]) for n in survivors) - moved_before
+    assert moved_here == list(before.values()).count(victim)
     log_line = f"failover in {time.monotonic() - killed:.1f} s"
     assert all(after[n] == before[n] for n in after if before[n] != victim), log_line
     # a node joins: only the cameras that hash to it move, the new owner pulls before the old
@@ -367,3 +381,29 @@ def test_nodes_find_redis_through_sentinel(make_server, redis):
             pub.stop()
     finally:
         sentinel.stop()
+
+
+def test_a_name_taken_twice_while_redis_was_away_ends_up_with_one_owner(cluster, redis):
+    a, b = cluster(2)
+    first = ffmpeg_testsrc(a.rtmp_url("dup"), size="320x240")
+    second = None
+    try:
+        a.wait_stream("dup", frames=10)
+        redis.kill()
+        second = ffmpeg_testsrc(b.rtmp_url("dup"), size="320x240")  # b cannot ask: let in
+        b.wait_stream("dup", frames=10)
+        redis.restart()
+        line = r"stream dup: node node[01] took the name while the registry was unreachable"
+
+        def held_here(node: ServerProcess) -> int:  # this node's own streams
+            return json.loads(node.request("GET", "/healthz")[1])["streams"]
+
+        def one_owner() -> bool:
+            return held_here(a) + held_here(b) == 1
+
+        wait_for(one_owner, 15, "one owner of dup")
+        assert re.search(line, a.log + b.log), a.log + b.log
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()

@@ -111,7 +111,7 @@ def make_stream_registry(app: App) -> ClusterRegistry | None:
 async def lifespan(app: App) -> AsyncIterator[None]:
     cluster = _cluster(app)
     if cluster is not None:
-        cluster.node.start()
+        await cluster.node.start()
     try:
         yield
     finally:

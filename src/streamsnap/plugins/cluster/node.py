@@ -138,8 +138,9 @@ class Node:
         self._task: asyncio.Task[None] | None = None
         self._cpu = (time.monotonic(), time.process_time())
 
-    def start(self) -> None:
-        """Know who this node is (the HTTP port is bound by now) and start the heartbeat."""
+    async def start(self) -> None:
+        """Know who this node is (the HTTP port is bound by now), beat once (the others know
+        it, and it knows them before it shares out the cameras), then keep beating."""
         srv = self.app.config.server
         port = self.app.ports.get("http") or self.app.ports.get("https", srv.http_port)
         self.id = self.id or f"{socket.gethostname()}:{port}"
@@ -148,6 +149,10 @@ class Node:
             host = srv.host if srv.host not in ("0.0.0.0", "::", "") else socket.getfqdn()
             host = f"[{host}]" if ":" in host else host
             self.url = f"{scheme}://{host}:{port}"
+        try:
+            await self._renew()
+        except (RedisError, OSError) as exc:
+            self._failed("heartbeat", exc)
         self._task = self.app.spawn(self._beat(), name="cluster-heartbeat")
         log.info("cluster: node %s at %s, registry %s", self.id, self.url, self._where())
 
@@ -244,11 +249,11 @@ class Node:
     async def _beat(self) -> None:
         period = max(0.3, self.settings.claim_ttl_s / 3)
         while True:
+            await asyncio.sleep(period)
             try:
                 await self._renew()
             except (RedisError, OSError) as exc:
                 self._failed("heartbeat", exc)
-            await asyncio.sleep(period)
 
     async def _renew(self) -> None:
         streams = list(self.app.streams)

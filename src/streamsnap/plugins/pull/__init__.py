@@ -33,6 +33,28 @@ def settings_sections() -> dict[str, type]:
 
 
 @hookimpl
+def collect_metrics(app: App) -> list[Any]:
+    plugin = app.state.get(PULL)
+    if plugin is None:
+        return []
+    return [
+        (
+            "streamsnap_pull_standby",
+            "gauge",
+            "Configured sources pulled on standby, waiting for another server to hand them over.",
+            [(len(plugin.standby), None)],
+        ),
+        (
+            "streamsnap_pull_taken_over_total",
+            "counter",
+            "Configured sources that moved here from another server after start-up (a node "
+            "died, or joined and handed them over).",
+            [(plugin.taken_over, None)],
+        ),
+    ]
+
+
+@hookimpl
 def register_routes(app: App) -> list[web.RouteDef]:
     return [
         web.post("/rest-api/pull/startup", rest_startup),

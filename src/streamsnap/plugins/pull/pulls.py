@@ -52,6 +52,7 @@ class PullPlugin:
         self._placer: asyncio.Task[None] | None = None
         self.configured: dict[str, tuple[SourceUrl, str]] = {}  # [[pull.cameras]], [[pull.sources]]
         self.standby: dict[str, Pull] = {}  # pulled, waiting for their name to be handed over
+        self.taken_over = 0  # standby pulls that got their name: sources moved here
         self.allowed = hosts.HostAllowList(settings.allowed_hosts, ALLOWED_HOSTS)
         self.credentials = [CredentialRule.parse(i, e) for i, e in enumerate(settings.credentials)]
 
@@ -117,9 +118,10 @@ class PullPlugin:
             "assign_sources", app=self.app, names=list(self.configured)
         )
 
-    async def _take(self, name: str) -> None:
+    async def _take(self, name: str, moved: bool = False) -> None:
         """Pull the configured source ``name`` here: at once when its name is free, else on
-        standby (FFmpeg running, frames arriving, the name not held) until it is handed over."""
+        standby (FFmpeg running, frames arriving, the name not held) until it is handed over.
+        ``moved``: after start-up, so the source came from another server."""
         if name in self.cameras or name in self.standby:
             return
         url, transport = self.configured[name]
@@ -127,6 +129,7 @@ class PullPlugin:
             await self.start_pull(
                 name, url, transport, on_demand=False, target=Target(trusted=True)
             )
+            self.taken_over += moved
         except StreamNameInUse as exc:
             pull = Pull(self.app, self, name, url, transport, False, Target(trusted=True))
             self.standby[name] = pull
@@ -143,6 +146,7 @@ class PullPlugin:
             return
         del self.standby[pull.name]
         self.cameras[pull.name] = pull
+        self.taken_over += 1
         await self.app.announce(pull.stream)
         log.info("stream %s: handed over: pulled here from now on", pull.name)
 
@@ -161,7 +165,7 @@ class PullPlugin:
                     if name in self.standby:
                         await self._promote(self.standby[name])
                     else:
-                        await self._take(name)
+                        await self._take(name, moved=True)
                 elif action == "drop":
                     if pull is not None and not pull.on_demand:
                         await self.drop(pull, "moved to another node")
