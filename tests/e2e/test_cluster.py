@@ -214,14 +214,16 @@ def test_forged_and_replayed_forwards_are_refused(cluster):
             except urllib.error.HTTPError as exc:
                 return exc.code
 
-        good = sign(SECRET.encode(), "node1", "GET", target)
+        good = sign(SECRET.encode(), "node1", "node0", "GET", target)
         assert get(good) == 200
         assert get(good) == 403  # the same request again: a replay
-        forged = sign(b"not-the-secret-of-this-cluster", "node1", "GET", target)
+        forged = sign(b"not-the-secret-of-this-cluster", "node1", "node0", "GET", target)
         assert get(forged) == 403
-        unsigned = {k: v for k, v in sign(SECRET.encode(), "node1", "GET", target).items()}
+        unsigned = {k: v for k, v in sign(SECRET.encode(), "node1", "node0", "GET", target).items()}
         unsigned["X-Streamsnap-Signature"] = "0" * 64
         assert get(unsigned) == 403
+        other = sign(SECRET.encode(), "node0", "node1", "GET", target)  # signed for node1
+        assert get(other) == 403
         a.wait_log(r"cluster: request GET /streams/guarded/snapshot.png from .* refused")
     finally:
         pub.stop()
@@ -286,6 +288,16 @@ def _ffmpeg_children(node: ServerProcess) -> int:
     return count
 
 
+def _logged_at(node: ServerProcess, pattern: str) -> float:
+    """When ``node`` last logged a line matching ``pattern`` (its log's clock, seconds)."""
+    from datetime import datetime
+
+    node.wait_log(pattern, 10)
+    line = [line for line in list(node.lines) if re.search(pattern, line)][-1]
+    stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})", line).group(1)
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
 def _moved_here(node: ServerProcess) -> float:
     """Configured sources that moved to ``node`` after its start (its /metrics)."""
     text = node.request("GET", "/metrics")[1].decode()
@@ -340,11 +352,11 @@ def test_cameras_are_shared_out_pulled_once_and_move_when_nodes_die_or_join(
     joined = wait_for(lambda: settled([*survivors, "node3"]), 30, "the new node to get its share")
     moved = [n for n in joined if joined[n] != after[n]]
     assert moved and all(joined[n] == "node3" for n in moved), (after, joined)
-    log = nodes["node3"].log
-    for name in moved:
-        assert log.index(f"stream {name}: pulling on standby") < log.index(
-            f"stream {name}: handed over"
-        )
+    for name in moved:  # make-before-break: the new owner had pictures before the old let go
+        has_pictures = _logged_at(nodes["node3"], rf"stream {name}: receiving video")
+        let_go = _logged_at(nodes[after[name]], rf"stream {name}: unpublished \(moved")
+        assert has_pictures < let_go, (name, has_pictures, let_go)
+        assert _logged_at(nodes["node3"], rf"stream {name}: handed over") >= let_go
     # every camera answers through any node
     for name in joined:
         assert image(nodes[survivors[0]], name)[0] == 200

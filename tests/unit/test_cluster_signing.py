@@ -17,12 +17,13 @@ SECRET = b"sixteen-bytes-or-more-secret"
 
 def test_a_signed_request_passes_once():
     verifier = Verifier(SECRET)
-    headers = sign(SECRET, "node-a", "POST", "/rest-api/stream/find?x=1", b'{"name":"cam"}')
+    headers = sign(SECRET, "node-a", "me", "POST", "/rest-api/stream/find?x=1", b'{"name":"cam"}')
     assert (
-        verifier.verify(headers, "POST", "/rest-api/stream/find?x=1", b'{"name":"cam"}') == "node-a"
+        verifier.verify(headers, "POST", "/rest-api/stream/find?x=1", b'{"name":"cam"}', "me")
+        == "node-a"
     )
     with pytest.raises(BadSignature, match="replayed"):
-        verifier.verify(headers, "POST", "/rest-api/stream/find?x=1", b'{"name":"cam"}')
+        verifier.verify(headers, "POST", "/rest-api/stream/find?x=1", b'{"name":"cam"}', "me")
 
 
 @pytest.mark.parametrize(
@@ -35,35 +36,49 @@ def test_a_signed_request_passes_once():
     ],
 )
 def test_a_signature_covers_method_path_query_and_body(method, target, body):
-    headers = sign(SECRET, "node-a", "POST", "/rest-api/stream/find?x=1", b'{"name":"cam"}')
+    headers = sign(SECRET, "node-a", "me", "POST", "/rest-api/stream/find?x=1", b'{"name":"cam"}')
     with pytest.raises(BadSignature, match="does not match"):
-        Verifier(SECRET).verify(headers, method, target, body)
+        Verifier(SECRET).verify(headers, method, target, body, "me")
 
 
 def test_another_secret_a_stale_clock_and_missing_headers_are_refused():
     with pytest.raises(BadSignature, match="does not match"):
         Verifier(b"another-secret-entirely").verify(
-            sign(SECRET, "n", "GET", "/x"), "GET", "/x", b""
+            sign(SECRET, "n", "me", "GET", "/x"), "GET", "/x", b"", "me"
         )
-    stale = sign(SECRET, "n", "GET", "/x")
+    stale = sign(SECRET, "n", "me", "GET", "/x")
     stale[TIME] = str(int((time.time() - 120) * 1000))
     with pytest.raises(BadSignature, match="off this node's clock"):
-        Verifier(SECRET).verify(stale, "GET", "/x", b"")
-    partial = sign(SECRET, "n", "GET", "/x")
+        Verifier(SECRET).verify(stale, "GET", "/x", b"", "me")
+    partial = sign(SECRET, "n", "me", "GET", "/x")
     del partial[SIGNATURE]
     with pytest.raises(BadSignature, match="every X-Streamsnap"):
-        Verifier(SECRET).verify(partial, "GET", "/x", b"")
-    bad_time = sign(SECRET, "n", "GET", "/x")
+        Verifier(SECRET).verify(partial, "GET", "/x", b"", "me")
+    bad_time = sign(SECRET, "n", "me", "GET", "/x")
     bad_time[TIME] = "yesterday"
     with pytest.raises(BadSignature, match="not a Unix time"):
-        Verifier(SECRET).verify(bad_time, "GET", "/x", b"")
+        Verifier(SECRET).verify(bad_time, "GET", "/x", b"", "me")
 
 
 def test_a_changed_node_name_breaks_the_signature():
-    headers = sign(SECRET, "node-a", "GET", "/x")
+    headers = sign(SECRET, "node-a", "me", "GET", "/x")
     headers["X-Streamsnap-Node"] = "node-b"
     with pytest.raises(BadSignature, match="does not match"):
-        Verifier(SECRET).verify(headers, "GET", "/x", b"")
+        Verifier(SECRET).verify(headers, "GET", "/x", b"", "me")
+
+
+def test_a_request_signed_for_one_node_is_refused_by_another():
+    headers = sign(SECRET, "node-a", "node-b", "POST", "/rest-api/stream/terminate", b"{}")
+    with pytest.raises(BadSignature, match="does not match"):
+        Verifier(SECRET).verify(headers, "POST", "/rest-api/stream/terminate", b"{}", "node-c")
+    assert Verifier(SECRET).verify(headers, "POST", "/rest-api/stream/terminate", b"{}", "node-b")
+
+
+def test_an_absurd_time_is_refused_not_a_crash():
+    headers = sign(SECRET, "n", "me", "GET", "/x")
+    headers[TIME] = "9" * 400
+    with pytest.raises(BadSignature):
+        Verifier(SECRET).verify(headers, "GET", "/x", b"", "me")
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_FAILED = object()
 API_USER: web.RequestKey[str] = web.RequestKey("streamsnap_api_user", str)  # who they proved
 
 
@@ -106,12 +107,15 @@ class Access:
         access = self.of_request(request)
         if access != "open":
             try:  # a plugin may prove who sent it (authenticate_request), or refuse it
-                by, _ = await self.app.pm.afirst(
-                    "authenticate_request", {"app": self.app, "request": request}
+                by, plugin = await self.app.pm.afirst(
+                    "authenticate_request", {"app": self.app, "request": request}, _FAILED
                 )
             except NotAllowed as exc:
                 self.refused["authenticate_request"] += 1
                 return error_response(request, exc.status, str(exc))
+            if by is _FAILED:  # fail closed: a check that broke lets nothing through
+                self.refused["authenticate_request"] += 1
+                return error_response(request, 403, f"request refused: plugin {plugin} failed")
             if by:
                 request[API_USER] = by
         if self.auth.enabled and request.method != "OPTIONS" and access != "open":

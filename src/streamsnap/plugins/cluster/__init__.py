@@ -13,6 +13,7 @@ stream ``streamsnap:events``. docs/cluster.md tells the whole of it.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import os
@@ -31,7 +32,7 @@ from ...core.state import StateKey
 from ...core.streams import MemoryRegistry, Stream
 from ...hooks import hookimpl
 from .forward import Forwarder, merge_streams
-from .node import Node, RegistryUnavailable
+from .node import UNKNOWN, Node, RegistryUnavailable
 from .placement import owner as placed_on
 from .settings import ClusterSettings
 from .signing import NODE, BadSignature, Verifier
@@ -71,8 +72,14 @@ class ClusterRegistry(MemoryRegistry):
     async def claim(self, stream: Stream) -> None:
         if self.lookup(stream.name) is not None:
             self.add(stream)  # raises StreamNameInUse naming the publisher here
-        owner = await self.node.claim(stream.name)
-        if owner is not None:
+        ready = stream.frames.decodable  # a source on standby, with pictures: a takeover
+        owner = await self.node.claim(stream.name, ready=ready)
+        if owner == UNKNOWN and ready:
+            raise StreamNameInUse(
+                f"stream {stream.name!r}: the registry does not answer: not taken over now",
+                stream.name,
+            )
+        if owner is not None and owner != UNKNOWN:  # UNKNOWN: this node's until Redis is back
             raise StreamNameInUse(
                 f"stream {stream.name!r} is already published on node {owner}", stream.name
             )
@@ -131,7 +138,9 @@ async def authenticate_request(app: App, request: web.Request) -> str | None:
         raise NotAllowed("a forwarded request, but this server is not in a cluster ([cluster])")
     body = await read_body(request)
     try:
-        node = cluster.verifier.verify(request.headers, request.method, request.raw_path, body)
+        node = cluster.verifier.verify(
+            request.headers, request.method, request.raw_path, body, cluster.node.id
+        )
     except BadSignature as exc:
         cluster.node.stats["forwards_refused_in"] += 1
         log.warning(
@@ -208,18 +217,23 @@ async def forward_request(
     if isinstance(name, str) and name:
         peer = await cluster.owner(name)
         peers = [peer] if peer is not None else []
-    else:  # by mediaSessionId: ask every node
+    else:  # by mediaSessionId: ask every node at once
         peers = await _peers(cluster)
-    for peer in peers:
-        status, headers, data = await cluster.forwarder.request(
-            peer, request.method, request.raw_path, raw
-        )
-        if status != 404:
+    answers = await asyncio.gather(
+        *(cluster.forwarder.request(p, request.method, request.raw_path, raw) for p in peers),
+        return_exceptions=True,
+    )
+    failed = [a for a in answers if isinstance(a, BaseException)]
+    for answer in answers:
+        if not isinstance(answer, BaseException) and answer[0] != 404:
+            status, headers, data = answer
             return web.Response(
                 status=status,
                 body=data,
                 content_type=headers.get("Content-Type", "application/json").split(";")[0],
             )
+    if failed and len(failed) == len(answers):
+        raise failed[0]  # nobody could be asked: Unavailable (503)
     return None
 
 
@@ -231,16 +245,18 @@ async def _peers(cluster: Cluster) -> list[Any]:
 
 
 async def _others(cluster: Cluster, target: str, raw: bytes) -> dict[str, bytes]:
-    """Every other live node's answer to ``POST target`` (``find_all``), by node."""
-    answers: dict[str, bytes] = {}
-    for peer in await _peers(cluster):
-        try:
-            status, _, data = await cluster.forwarder.request(peer, "POST", target, raw)
-        except Unavailable:
-            continue  # a node that does not answer has no streams to show
-        if status == 200:
-            answers[peer.id] = data
-    return answers
+    """Every other live node's answer to ``POST target`` (``find_all``), by node, asked at
+    once; a node that does not answer has no streams to show."""
+    peers = await _peers(cluster)
+    answers = await asyncio.gather(
+        *(cluster.forwarder.request(p, "POST", target, raw) for p in peers),
+        return_exceptions=True,
+    )
+    return {
+        peer.id: answer[2]
+        for peer, answer in zip(peers, answers, strict=True)
+        if not isinstance(answer, BaseException) and answer[0] == 200
+    }
 
 
 async def _find_all(app: App, cluster: Cluster, request: web.Request, raw: bytes) -> web.Response:

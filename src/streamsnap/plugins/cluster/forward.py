@@ -7,7 +7,7 @@ import io
 import json
 import logging
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 import aiohttp
 from PIL import Image
@@ -16,6 +16,7 @@ from yarl import URL
 from ...core.errors import SnapshotError, StreamNotFound, Unavailable
 from ...core.imaging import FORMATS
 from ...core.snapshot import Snapshot, SnapshotRequest
+from ...core.supervisor import mask_credentials
 from .node import Node, Peer
 from .signing import sign
 
@@ -51,7 +52,7 @@ class Forwarder:
         self, peer: Peer, method: str, target: str, body: bytes = b""
     ) -> tuple[int, dict[str, str], bytes]:
         """``method target`` on ``peer``, signed; raises Unavailable when it does not answer."""
-        headers = sign(self.secret, self.node.id, method, target, body)
+        headers = sign(self.secret, self.node.id, peer.id, method, target, body)
         if body:
             headers["Content-Type"] = "application/json"
         try:
@@ -64,7 +65,12 @@ class Forwarder:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self.node.stats["forwards_unreachable"] += 1
             log.warning(
-                "cluster: node %s (%s) did not answer %s: %r", peer.id, peer.url, target, exc
+                "cluster: node %s (%s) did not answer %s %s: %r",
+                peer.id,
+                peer.url,
+                method,
+                mask_credentials(unquote(target)),
+                exc,
             )
             raise Unavailable(
                 f"node {peer.id} ({peer.url}), which holds this stream, does not answer"
@@ -87,8 +93,14 @@ class Forwarder:
         status, headers, data = await self.request(peer, "GET", target)
         if status != 200:
             raise _failure(status, data, peer)
-        with Image.open(io.BytesIO(data)) as img:  # the header only: width and height
-            width, height = img.size
+        try:
+            with Image.open(io.BytesIO(data)) as img:  # the header only: width and height
+                width, height = img.size
+        except OSError:
+            raise Unavailable(
+                f"node {peer.id} ({peer.url}) answered something that is not a picture "
+                "(is [cluster] advertise_url right?)"
+            ) from None
         return Snapshot(
             data=data,
             format=request.format,

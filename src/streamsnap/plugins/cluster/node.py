@@ -49,15 +49,18 @@ end
 return owner
 """
 # Take a name: free, ours already (a claim from before a restart), or held by a node whose
-# heartbeat is gone (it died: its claim would expire within the TTL anyway). Refused: say
-# that this node waits for it (a source handed over once its new owner is ready).
+# heartbeat is gone (it died: its claim would expire within the TTL anyway). Refused while
+# this node is ready to take over (ARGV[4] = "1": it has the pictures already): say that it
+# waits, and the holder hands the source over.
 _CLAIM = """
 local owner = redis.call('GET', KEYS[1])
 if owner == false or owner == ARGV[1] or redis.call('EXISTS', ARGV[3] .. owner) == 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return ARGV[1]
 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+end
 return owner
 """
 # Who holds a name, and that node's heartbeat, in one round trip.
@@ -75,6 +78,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+UNKNOWN = "?"  # the holder of a name while Redis does not answer
 
 
 class RegistryUnavailable(Exception):
@@ -178,17 +184,19 @@ class Node:
         )
 
     # ---------------------------------------------------------------- claims
-    async def claim(self, name: str) -> str | None:
-        """Take ``name`` for this node: None when it is ours (or Redis is away: then it is
-        ours until Redis says otherwise), else the id of the node that holds it."""
+    async def claim(self, name: str, ready: bool = False) -> str | None:
+        """Take ``name`` for this node: None when it is ours, else the id of the node that
+        holds it, or UNKNOWN when Redis does not answer. ``ready``: this node already has the
+        stream's pictures (a source on standby): a refusal says it waits to take over."""
         key = PREFIX + "stream:" + name
         try:
             owner = await self._claim(
-                [key, PREFIX + "waiting:" + name], [self.id, self.ttl_ms, PREFIX + "node:"]
+                [key, PREFIX + "waiting:" + name],
+                [self.id, self.ttl_ms, PREFIX + "node:", "1" if ready else "0"],
             )
         except (RedisError, OSError) as exc:
             self._failed("claim", exc)
-            return None
+            return UNKNOWN
         self._ok()
         if owner == self.id:
             self.stats["claims"] += 1
@@ -254,6 +262,8 @@ class Node:
                 await self._renew()
             except (RedisError, OSError) as exc:
                 self._failed("heartbeat", exc)
+            except Exception:  # never the end of the heartbeat: the claims would expire
+                log.exception("cluster: heartbeat failed")
 
     async def _renew(self) -> None:
         streams = list(self.app.streams)
@@ -272,7 +282,9 @@ class Node:
         self._ok()
         self.live = {*answers[3], self.id}
         for stream, owner in zip(streams, answers[4:], strict=True):
-            if owner != self.id and self.app.is_live(stream):
+            if owner == self.id and self.app.streams.lookup(stream.name) is None:
+                await self.release(stream.name)  # it ended while the renewal was on its way
+            elif owner != self.id and self.app.is_live(stream):
                 self.stats["conflicts"] += 1
                 log.warning(
                     "stream %s: node %s took the name while the registry was unreachable: "

@@ -1,8 +1,8 @@
 """Requests the nodes forward to each other are signed with the shared ``[cluster] secret``:
-HMAC-SHA256 over the method, the path with its query, the sending node, a timestamp, a
-one-time nonce and the body's digest. A receiver refuses a request whose signature does not
-match, whose timestamp is more than ``MAX_SKEW_S`` away from its clock, or whose nonce it has
-seen (a replay)."""
+HMAC-SHA256 over the method, the path with its query, the sending and the receiving node, a
+timestamp, a one-time nonce and the body's digest. A receiver refuses a request whose
+signature does not match (also one signed for another node), whose timestamp is more than
+``MAX_SKEW_S`` away from its clock, or whose nonce it has seen (a replay)."""
 
 from __future__ import annotations
 
@@ -24,22 +24,22 @@ class BadSignature(Exception):
     """A forwarded request that must be refused; the message says why."""
 
 
-def _mac(
-    secret: bytes, method: str, target: str, node: str, ts: str, nonce: str, body: bytes
-) -> str:
-    digest = hashlib.sha256(body).hexdigest()
-    text = "\n".join((method.upper(), target, node, ts, nonce, digest)).encode()
+def _mac(secret: bytes, parts: tuple[str, ...], body: bytes) -> str:
+    text = "\n".join((*parts, hashlib.sha256(body).hexdigest())).encode()
     return hmac.new(secret, text, hashlib.sha256).hexdigest()
 
 
-def sign(secret: bytes, node: str, method: str, target: str, body: bytes = b"") -> dict[str, str]:
-    """The headers that make ``method target`` with ``body`` a request from ``node``."""
+def sign(
+    secret: bytes, node: str, to: str, method: str, target: str, body: bytes = b""
+) -> dict[str, str]:
+    """The headers that make ``method target`` with ``body`` a request from ``node`` to the
+    node ``to`` (and no other: a captured request cannot be replayed to a third node)."""
     ts, nonce = str(int(time.time() * 1000)), secrets.token_hex(16)
     return {
         NODE: node,
         TIME: ts,
         NONCE: nonce,
-        SIGNATURE: _mac(secret, method, target, node, ts, nonce, body),
+        SIGNATURE: _mac(secret, (method.upper(), target, node, to, ts, nonce), body),
     }
 
 
@@ -50,22 +50,24 @@ class Verifier:
         self.secret = secret
         self._seen: OrderedDict[str, float] = OrderedDict()  # nonce -> when it expires
 
-    def verify(self, headers: Mapping[str, str], method: str, target: str, body: bytes) -> str:
-        """The sending node's id; raises BadSignature."""
+    def verify(
+        self, headers: Mapping[str, str], method: str, target: str, body: bytes, me: str
+    ) -> str:
+        """The sending node's id, for a request signed for node ``me``; raises BadSignature."""
         node, ts, nonce = headers.get(NODE, ""), headers.get(TIME, ""), headers.get(NONCE, "")
         given = headers.get(SIGNATURE, "")
         if not (node and ts and nonce and given):
             raise BadSignature("a forwarded request must carry every X-Streamsnap-* header")
         try:
-            sent = int(ts) / 1000
-        except ValueError:
+            sent = int(ts[:20]) / 1000
+        except (ValueError, OverflowError):
             raise BadSignature(f"{TIME} {ts[:32]!r} is not a Unix time in ms") from None
         now = time.time()
         if abs(now - sent) > MAX_SKEW_S:
             raise BadSignature(
                 f"{TIME} is {now - sent:+.0f} s off this node's clock (at most {MAX_SKEW_S:g} s)"
             )
-        expected = _mac(self.secret, method, target, node, ts, nonce, body)
+        expected = _mac(self.secret, (method.upper(), target, node, me, ts, nonce), body)
         if not hmac.compare_digest(expected, given):
             raise BadSignature("the signature does not match (another [cluster] secret?)")
         self._forget_expired(now)

@@ -159,19 +159,24 @@ class PullPlugin:
                 log.warning("pulls: no placement this time: %s", exc)
                 continue
             for name in self.configured:
-                action = plan.get(name, "drop")
-                pull = self.cameras.get(name)
-                if action == "pull":
-                    if name in self.standby:
-                        await self._promote(self.standby[name])
-                    else:
-                        await self._take(name, moved=True)
-                elif action == "drop":
-                    if pull is not None and not pull.on_demand:
-                        await self.drop(pull, "moved to another node")
-                    waiting = self.standby.pop(name, None)
-                    if waiting is not None:
-                        await waiting.supervisor.stop()
+                try:
+                    await self._follow(name, plan.get(name, "drop"))
+                except Exception as exc:  # this source this time; the others, and next time
+                    log.warning("stream %s: placement %r failed: %s", name, plan.get(name), exc)
+
+    async def _follow(self, name: str, action: str) -> None:
+        pull = self.cameras.get(name)
+        if action == "pull":
+            if name in self.standby:
+                await self._promote(self.standby[name])
+            else:
+                await self._take(name, moved=True)
+        elif action == "drop":
+            if pull is not None and not pull.on_demand:
+                await self.drop(pull, "moved to another node")
+            waiting = self.standby.pop(name, None)
+            if waiting is not None:
+                await waiting.supervisor.stop()
 
     async def start_pull(
         self, name: str, url: SourceUrl, transport: str, on_demand: bool, target: Target

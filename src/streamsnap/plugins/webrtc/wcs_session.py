@@ -292,7 +292,15 @@ class WcsSession:
             return
         try:
             stream = await self.app.resolve(name, self.peer)
-        except (StreamNotFound, InvalidStreamName, NotAllowed, Refused, SnapshotError) as exc:
+        except (
+            StreamNotFound,
+            InvalidStreamName,
+            NotAllowed,
+            Refused,
+            SnapshotError,
+            StreamNameInUse,
+            Unavailable,
+        ) as exc:
             info = NOT_FOUND if isinstance(exc, StreamNotFound) else str(exc)
             await self.status(msid, "FAILED", name=name, info=info)
             return
