@@ -419,3 +419,16 @@ def test_a_name_taken_twice_while_redis_was_away_ends_up_with_one_owner(cluster,
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_a_configured_camera_asked_for_by_its_url_is_not_pulled_again(cluster, make_camera):
+    camera = make_camera(size="320x240", fps=15)
+    nodes = cluster(
+        2, pull={"allowed_hosts": ["127.0.0.1"], "cameras": [{"name": "gate", "url": camera.url()}]}
+    )
+    wait_for(lambda: sum(_ffmpeg_children(n) for n in nodes) == 1, 20, "one puller of gate")
+    holder = wait_for(lambda: _placement(nodes[0]).get("gate"), 20, "gate to be pulled")[0]
+    other = nodes[1] if holder == "node0" else nodes[0]
+    status, body = other.snapshot(camera.url())  # by URL, on the node that does not pull it
+    assert status == 200 and body["data"].startswith("iVBORw0KGgo"), body
+    assert sum(_ffmpeg_children(n) for n in nodes) == 1

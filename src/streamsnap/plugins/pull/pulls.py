@@ -228,6 +228,13 @@ class PullPlugin:
         if existing is not None:
             existing.check_credentials(url)
             return existing.stream
+        configured = next(
+            (n for n, (u, _) in self.configured.items() if u.public == url.public), ""
+        )
+        if configured:  # a camera of the config that another server pulls: ask it, by URL
+            raise StreamNameInUse(
+                f"{url.public} is the configured source {configured!r}", configured
+            )
         if remote is None:
             return None
         async with self._admission(remote):
