@@ -400,3 +400,19 @@ def test_plaintext_false_opens_only_the_tls_ports(make_server, tmp_path):
         return status, await ws_connection(f"wss://127.0.0.1:{srv.ports['wss']}/", ssl=ctx)
 
     assert asyncio.run(check()) == (200, "getUserData")
+
+
+def test_a_forwarded_request_is_refused_by_a_server_not_in_a_cluster(make_server):
+    """The headers nodes sign their forwards with are no way in on a server without
+    [cluster]: 403 naming the section, whatever else the request carries."""
+    from streamsnap.plugins.cluster.signing import sign
+
+    srv = make_server()
+    target = "/rest-api/stream/find_all"
+    headers = {
+        **sign(b"any-secret-at-all-16", "node1", "node0", "POST", target, b"{}"),
+        "Content-Type": "application/json",
+    }
+    status, raw, _ = srv.request("POST", target, b"{}", headers=headers)
+    assert status == 403 and "[cluster]" in json.loads(raw)["message"], raw
+    assert srv.request("POST", target, {})[0] == 404  # the same request unsigned: answered

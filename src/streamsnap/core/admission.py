@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 
 
 class Admission:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, refused: Counter[str]) -> None:
         self.app = app
         self.limits = app.config.limits
-        self.refused: Counter[str] = Counter()  # refusals by rule, for /metrics
+        self.refused = refused  # the app's count of refusals by rule, for /metrics
         self.snapshots_in_flight = 0  # REST and WebSocket snapshots being served
 
     async def admit(self, stream: Stream, params: Mapping[str, str], user: str = "") -> None:

@@ -65,8 +65,8 @@ class App:
         self.auth = Authenticator(
             auth.token, auth.users, auth.publish_keys, open_publish=auth.open_publish
         )
-        self.admission = Admission(self)
-        self.refused: Counter[str] = self.admission.refused  # refusals by rule, for /metrics
+        self.refused: Counter[str] = Counter()  # refusals by rule, for /metrics
+        self.admission = Admission(self, self.refused)
         self.access = Access(self, self.auth, self.refused)
         self.connections = ConnectionLimiter(config.limits.max_connections_per_ip, self.refused)
         self.hosts = HostCheck(config.server.server_names, self.refused)

@@ -26,13 +26,14 @@ from aiohttp import web
 
 from ...core.app import App
 from ...core.errors import NotAllowed, StreamNameInUse, Unavailable
-from ...core.http import read_body
+from ...core.http import error_response, read_body
 from ...core.snapshot import Snapshot, SnapshotRequest
 from ...core.state import StateKey
 from ...core.streams import MemoryRegistry, Stream
 from ...hooks import hookimpl
+from ..rest import stream_json  # the REST plugin's stream object: its public interface
 from .forward import Forwarder, merge_streams
-from .node import UNKNOWN, Node, RegistryUnavailable
+from .node import UNKNOWN, Node, Peer, RegistryUnavailable
 from .placement import owner as placed_on
 from .settings import ClusterSettings
 from .signing import NODE, BadSignature, Verifier
@@ -52,7 +53,7 @@ class Cluster:
         answer_s = app.config.snapshot.snapshot_taking_interval_ms / 1000 + 1.0
         self.forwarder = Forwarder(self.node, secret, answer_s)
 
-    async def owner(self, name: str) -> Any:
+    async def owner(self, name: str) -> Peer | None:
         try:
             return await self.node.owner_of(name)
         except RegistryUnavailable:
@@ -237,7 +238,7 @@ async def forward_request(
     return None
 
 
-async def _peers(cluster: Cluster) -> list[Any]:
+async def _peers(cluster: Cluster) -> list[Peer]:
     try:
         return await cluster.node.peers()
     except RegistryUnavailable:
@@ -260,13 +261,9 @@ async def _others(cluster: Cluster, target: str, raw: bytes) -> dict[str, bytes]
 
 
 async def _find_all(app: App, cluster: Cluster, request: web.Request, raw: bytes) -> web.Response:
-    from ..rest import stream_json  # the REST plugin's stream object, its public interface
-
     answers = await _others(cluster, request.raw_path, raw)
     streams = merge_streams([stream_json(s) for s in app.streams], cluster.node.id, answers)
     if not streams:
-        from ...core.http import error_response
-
         return error_response(request, 404, "Stream not found")
     return web.json_response(streams)
 
