@@ -426,9 +426,71 @@ def test_a_configured_camera_asked_for_by_its_url_is_not_pulled_again(cluster, m
     nodes = cluster(
         2, pull={"allowed_hosts": ["127.0.0.1"], "cameras": [{"name": "gate", "url": camera.url()}]}
     )
-    wait_for(lambda: sum(_ffmpeg_children(n) for n in nodes) == 1, 20, "one puller of gate")
-    holder = wait_for(lambda: _placement(nodes[0]).get("gate"), 20, "gate to be pulled")[0]
-    other = nodes[1] if holder == "node0" else nodes[0]
+    from streamsnap.plugins.cluster.placement import owner
+
+    # settled where the hash puts it (the first node may pull it before the second joins)
+    holder = owner("gate", ["node0", "node1"])
+    puller, other = (nodes[0], nodes[1]) if holder == "node0" else (nodes[1], nodes[0])
+
+    def settled() -> bool:
+        placed = _placement(nodes[0]).get("gate") == [holder]
+        return placed and (_ffmpeg_children(puller), _ffmpeg_children(other)) == (1, 0)
+
+    wait_for(settled, 30, "gate pulled once, by the node the hash gives")
     status, body = other.snapshot(camera.url())  # by URL, on the node that does not pull it
     assert status == 200 and body["data"].startswith("iVBORw0KGgo"), body
     assert sum(_ffmpeg_children(n) for n in nodes) == 1
+
+
+async def test_mjpeg_history_staleness_and_save_answered_by_any_node(cluster, tmp_path):
+    """What #16 added is answered by a node that does not hold the stream, as by its holder."""
+    import aiohttp
+
+    from tests.e2e.test_mjpeg import Viewer
+    from tests.helpers.media import ffmpeg_counter, read_counter
+
+    holder, other = cluster(2, streams={"history_s": 10, "stale_after_s": 1.5})
+    pub = ffmpeg_counter(holder.rtmp_url("far"), 640, 360, gop=30)
+    try:
+        holder.wait_stream("far", frames=30)
+        wait_for(lambda: find(other, "far"), 10, "far seen from the other node")
+        # MJPEG passed on from the holder as it comes: the counter advances
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{other.http}/streams/far/stream.mjpeg?fps=10") as resp,
+        ):
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+            parts = await Viewer(resp).parts(4)
+        shown = [read_counter(data) for _, data in parts]
+        assert shown == sorted(set(shown)) and pub.sent - shown[-1] <= 15, (shown, pub.sent)
+        assert all(int(h["X-Frame-Timestamp"]) > 0 for h, _ in parts)
+        # a picture of the past, asked of the other node
+        status, raw, headers = other.request("GET", "/streams/far/snapshot.png")
+        assert status == 200
+        stamp, then = int(headers["X-Frame-Timestamp"]), read_counter(raw)
+        time.sleep(1.2)
+        status, raw, headers = other.request("GET", f"/streams/far/snapshot.png?at={stamp}")
+        assert status == 200 and read_counter(raw) == then
+        assert headers["X-Frame-Timestamp"] == str(stamp)
+        status, raw, _ = other.request("GET", f"/streams/far/snapshot.png?at={stamp - 60_000}")
+        assert status == 410 and "oldest instant held" in json.loads(raw)["message"]
+        # saved on the holder, asked of the other node
+        status, raw, _ = other.request(
+            "POST", "/rest-api/stream/snapshot/save", {"streamName": "far"}
+        )
+        assert status == 200, raw
+        saved = json.loads(raw)
+        assert saved["url"].startswith(holder.http) and os.path.exists(saved["file"])
+        # stale on the holder: the other node says so too
+        os.kill(pub.proc.pid, signal.SIGSTOP)
+        time.sleep(2.5)
+        status, raw, headers = other.request("GET", "/streams/far/snapshot.png")
+        assert status == 503 and headers["Retry-After"] == "2", raw
+        assert "is stale" in json.loads(raw)["message"]
+        status, body = other.snapshot("far")
+        assert status == 500 and "is stale" in body["message"], body
+        assert other.request("GET", "/streams/far/snapshot.png?stale=ok")[0] == 200
+    finally:
+        os.kill(pub.proc.pid, signal.SIGCONT)
+        pub.stop()

@@ -77,12 +77,14 @@ def test_encoder_quirks_are_tolerated(server, tags):
                 c.set_chunk_size(sizes[(i // 15) % len(sizes)])
             ts = tag.timestamp if i % 7 else max(0, tag.timestamp - 500)  # jumps back
             c.send_tag(tag, timestamp=ts)
-        deadline = time.monotonic() + 10
+        # until every frame sent is in (a burst, then nothing: stale after stale_after_s)
+        deadline, last = time.monotonic() + 5, -1
         while time.monotonic() < deadline:
             info = server.wait_stream("quirks")
-            if info["framesIn"] >= 50:
+            if info["framesIn"] >= 50 or info["framesIn"] == last:
                 break
-            time.sleep(0.1)
+            last = info["framesIn"]
+            time.sleep(0.3)
         assert png_size(server, "quirks") == (640, 360)
         assert info["hasAudio"] and info["audioCodec"] == "aac"
     finally:

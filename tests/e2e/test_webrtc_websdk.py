@@ -61,6 +61,7 @@ def test_stream_snapshot_example_page(webrtc_server, tmp_path):
         wait_text(page, "#status", "PUBLISHING")
         info = srv.wait_stream("pagecam", frames=10, timeout=20)
         assert info["mediaProvider"] == "WEBRTC"
+        assert info["videoCodec"] == "vp8"  # Chromium's first choice; WHIP tests cover H.264
         # the browser's encoder may scale the 640x480 camera down while its bandwidth estimate
         # ramps up: the shape is what is certain
         assert info["width"] * 3 == info["height"] * 4 and info["width"] >= 160

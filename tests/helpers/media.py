@@ -85,6 +85,31 @@ class Publisher:
                 self.proc.stdin.close()
 
 
+class ListeningEncoder:
+    """An encoder that listens for its receiver (e.g. SRT ``mode=listener``), started again each
+    time a receiver leaves, as an encoder box serves whoever connects; :meth:`stop` stops the
+    current process by its pid and starts no other."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.current = Publisher(argv)
+        self.starts = 1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, daemon=True)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        while not self._stop.wait(0.05):
+            if not self.current.alive():
+                self.current = Publisher(self.argv)
+                self.starts += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.current.stop()
+
+
 class CounterPublisher(Publisher):
     """Feeds counter pictures at ``fps`` in real time into an encoder's stdin.
 
@@ -129,6 +154,7 @@ def ffmpeg_counter(
     fps: int = 30,
     extra: tuple[str, ...] = ("-preset", "ultrafast", "-tune", "zerolatency"),
     gop: int = 60,
+    codec: str = "libx264",
 ) -> CounterPublisher:
     argv = [
         FFMPEG,
@@ -146,8 +172,8 @@ def ffmpeg_counter(
         "-i",
         "-",
         "-c:v",
-        "libx264",
-        *extra,
+        codec,
+        *(CODEC_OPTIONS.get(codec, extra) if codec != "libx264" else extra),
         "-g",
         str(gop),
         "-pix_fmt",
@@ -159,6 +185,15 @@ def ffmpeg_counter(
     return CounterPublisher(argv, width, height, fps)
 
 
+# fast settings of each encoder FFmpeg publishes with over (Enhanced) RTMP
+CODEC_OPTIONS: dict[str, tuple[str, ...]] = {
+    "libx264": ("-preset", "ultrafast"),
+    "libx265": ("-preset", "ultrafast", "-x265-params", "log-level=error"),
+    "libvpx-vp9": ("-deadline", "realtime", "-cpu-used", "8", "-b:v", "1M"),
+    "libsvtav1": ("-preset", "12", "-svtav1-params", "lp=1:pred-struct=1:lookahead=0"),
+}
+
+
 def ffmpeg_testsrc(
     url: str,
     size: str = "1280x720",
@@ -168,6 +203,7 @@ def ffmpeg_testsrc(
     video: bool = True,
     seconds: float | None = None,
     extra: tuple[str, ...] = ("-preset", "ultrafast"),
+    codec: str = "libx264",
 ) -> Publisher:
     argv = [FFMPEG, "-hide_banner", "-loglevel", "warning", "-re"]
     if video:
@@ -177,7 +213,8 @@ def ffmpeg_testsrc(
     if seconds:
         argv += ["-t", str(seconds)]
     if video:
-        argv += ["-c:v", "libx264", *extra, "-g", str(gop), "-pix_fmt", "yuv420p"]
+        options = extra if codec == "libx264" else CODEC_OPTIONS[codec]
+        argv += ["-c:v", codec, *options, "-g", str(gop), "-pix_fmt", "yuv420p"]
     if audio:
         argv += ["-c:a", "aac", "-b:a", "64k"]
     argv += ["-f", "flv", url]

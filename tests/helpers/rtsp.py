@@ -44,7 +44,10 @@ class RtspCamera:
         profile: str = "baseline",
         pattern: str = "ball",
         bitrate: int = 0,
+        codec: str = "h264",
+        quality: int = 85,
     ) -> None:
+        self.codec, self.quality = codec, quality  # --codec, and jpegenc's quality for MJPEG
         self.preset, self.profile = preset, profile  # x264enc speed-preset, H.264 profile
         self.pattern, self.bitrate = pattern, bitrate  # videotestsrc pattern, kbit/s
         self.size, self.user, self.password, self.fps = size, user, password, fps
@@ -72,6 +75,7 @@ class RtspCamera:
             argv.append("--one-encoder")
         argv += ["--preset", self.preset, "--profile", self.profile, "--pattern", self.pattern]
         argv += ["--bitrate", str(self.bitrate)]
+        argv += ["--codec", self.codec, "--quality", str(self.quality)]
         if self.user:
             argv += ["--user", self.user, "--password", self.password or ""]
             if self.digest:

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""A camera for tests: GStreamer's RTSP server serving H.264 at rtsp://127.0.0.1:PORT/cam.
+"""A camera for tests: GStreamer's RTSP server serving H.264 at rtsp://127.0.0.1:PORT/cam
+(or, with --codec, H.265 or MJPEG).
 
 Runs with the system Python (python3-gi does not import inside a venv). Prints
 ``ready PORT`` once it listens. Options: --port (0 = any free one), --size WxH, --fps,
@@ -51,6 +52,8 @@ def main() -> int:
     parser.add_argument("--password")
     parser.add_argument("--digest", action="store_true", help="Digest instead of Basic auth")
     parser.add_argument("--stdin", action="store_true")
+    parser.add_argument("--codec", default="h264", choices=("h264", "h265", "mjpeg"))
+    parser.add_argument("--quality", type=int, default=85, help="jpegenc quality (MJPEG)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     Gst.init(None)
@@ -66,12 +69,22 @@ def main() -> int:
             f"videotestsrc is-live=true pattern={args.pattern} ! "
             f"video/x-raw,width={width},height={height},framerate={args.fps}/1"
         )
-    launch = (
-        f"( {source} ! x264enc tune=zerolatency speed-preset={args.preset} "
-        f"{f'bitrate={args.bitrate} ' if args.bitrate else ''}"
-        f"key-int-max={args.gop or args.fps} ! video/x-h264,profile={args.profile} ! "
-        f"rtph264pay name=pay0 pt=96 config-interval=1 )"
-    )
+        if args.codec == "mjpeg":
+            source += ",format=I420"  # RTP/JPEG carries 4:2:0 and 4:2:2 only (RFC 2435)
+    gop = args.gop or args.fps
+    bitrate = f"bitrate={args.bitrate} " if args.bitrate else ""
+    encoders = {
+        "h264": (
+            f"x264enc tune=zerolatency speed-preset={args.preset} {bitrate}key-int-max={gop} ! "
+            f"video/x-h264,profile={args.profile} ! rtph264pay name=pay0 pt=96 config-interval=1"
+        ),
+        "h265": (
+            f"x265enc tune=zerolatency speed-preset={args.preset} {bitrate}key-int-max={gop} ! "
+            "rtph265pay name=pay0 pt=96 config-interval=1"
+        ),
+        "mjpeg": f"jpegenc quality={args.quality} ! rtpjpegpay name=pay0 pt=26",
+    }
+    launch = f"( {source} ! {encoders[args.codec]} )"
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))

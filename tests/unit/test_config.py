@@ -131,3 +131,34 @@ def test_properties_parser():
         "b": "two words",
         "flag": "",
     }
+
+
+@pytest.mark.parametrize(
+    ("entry", "needle"),
+    [
+        ("{ history_s = 5 }", r"per_stream\[0\] needs a name"),
+        ('{ name = "a", history = 5 }', r"per_stream\[0\]: unknown key 'history'"),
+        ('{ name = "a", history_s = "long" }', r"history_s = 'long' must be a number"),
+        ('{ name = "a", history_s = 7200 }', r"history_s = 7200 is out of range"),
+        ('{ name = "a", stale_after_s = -1 }', r"stale_after_s = -1 is out of range"),
+        ('{ name = "a", history_max_bytes = 10 }', r"history_max_bytes = 10 is out of range"),
+    ],
+)
+def test_per_stream_settings_are_checked_naming_the_entry(tmp_path, entry, needle):
+    path = tmp_path / "s.toml"
+    path.write_text(f"[streams]\nper_stream = [{entry}]\n")
+    with pytest.raises(ConfigError, match=needle):
+        config.load(path, environ={})
+
+
+def test_per_stream_settings_match_by_glob_first_entry_wins(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(
+        "[streams]\nstale_after_s = 10\nhistory_s = 0\n"
+        'per_stream = [{ name = "door*", history_s = 30 }, '
+        '{ name = "door-back", stale_after_s = 2, history_s = 5 }]\n'
+    )
+    streams = config.load(path, environ={}).streams
+    assert streams.for_stream("door-front") == (10.0, 30.0, 32 * 1024 * 1024)
+    assert streams.for_stream("door-back") == (10.0, 30.0, 32 * 1024 * 1024)  # first match
+    assert streams.for_stream("gate") == (10.0, 0.0, 32 * 1024 * 1024)

@@ -294,3 +294,38 @@ def test_a_new_codec_frees_the_old_decoder(ip_tags, bframe_tags):
     assert store._decoder is None
     load(store, bframe_tags[1:41])  # its frames 0..39: decoded by a new decoder
     assert shown(store) == 39
+
+
+def test_av1_is_decoded_in_software_and_an_unknown_codec_is_named():
+    from streamsnap.core.frames import decoder_name
+
+    assert decoder_name("av1") == "libdav1d"  # FFmpeg's own "av1" decoder needs hardware
+    assert decoder_name("h264") == "h264"
+    store = FrameStore("odd")
+    store.set_codec("no-such-codec")
+    assert store.codec_error == "no decoder for video codec 'no-such-codec'"
+    store.set_codec("h264")
+    assert store.codec_error == ""
+
+
+def test_unsupported_flv_codecs_are_described_by_name():
+    from streamsnap.core.flv import describe_unsupported
+
+    assert describe_unsupported(b"\x91vvc1....") == (
+        "unsupported video codec 'vvc1' (Enhanced RTMP FourCC)"
+    )
+    assert describe_unsupported(b"\x14...") == "unsupported video codec VP6 (FLV codec id 4)"
+    assert describe_unsupported(b"\x1f...") == "unsupported video codec unknown (FLV codec id 15)"
+
+
+def test_jpeg_size_from_the_frame_header():
+    from streamsnap.core import jpeg
+
+    for kwargs in ({}, {"progressive": True}, {"subsampling": 0}):
+        buf = io.BytesIO()
+        Image.new("RGB", (333, 77)).save(buf, "JPEG", **kwargs)
+        assert jpeg.size(buf.getvalue()) == (333, 77)
+    assert jpeg.size(b"") is None
+    assert jpeg.size(b"\xff\xd8\xff\xda\x00\x02") is None  # scan before any frame header
+    assert jpeg.size(b"\xff\xd8\xff\xc0\x00") is None  # cut short
+    assert jpeg.size(b"\x89PNG\r\n") is None

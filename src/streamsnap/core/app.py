@@ -192,8 +192,13 @@ class App:
     # ---------------------------------------------------------------- streams
     def new_stream(self, name: str, protocol: str, **fields: Any) -> Stream:
         limits = self.config.streams
-        frames = FrameStore(name, limits.max_gop_packets, limits.max_gop_bytes)
-        return Stream(name=name, protocol=protocol, frames=frames, **fields)
+        stale_after_s, history_s, history_bytes = limits.for_stream(name)
+        frames = FrameStore(
+            name, limits.max_gop_packets, limits.max_gop_bytes, history_s, history_bytes
+        )
+        return Stream(
+            name=name, protocol=protocol, frames=frames, stale_after_s=stale_after_s, **fields
+        )
 
     async def claim(self, stream: Stream) -> None:
         """Register ``stream`` now (raises StreamNameInUse); :meth:`announce` must follow.

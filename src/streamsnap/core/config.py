@@ -11,6 +11,7 @@ raises :class:`ConfigError` naming key and value.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import os
 import tomllib
@@ -21,6 +22,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from .auth import Authenticator
 from .errors import ConfigError
+from .framing import parse_crop, parse_fit, parse_side
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,20 @@ class SnapshotConfig:
     # newest frame)
     coalesce_ms: int = setting(100, minimum=0)
 
+    def check(self) -> None:
+        """The picture keys of ``snapshot_auto_streams`` entries (width, height, fit, crop)."""
+        checks = {"width": parse_side, "height": parse_side, "fit": parse_fit, "crop": parse_crop}
+        for entry in self.snapshot_auto_streams:
+            for key, parse in checks.items():
+                if key in entry:
+                    try:
+                        parse(entry[key])
+                    except ValueError as exc:
+                        raise ConfigError(
+                            f"[snapshot] snapshot_auto_streams, stream {entry.get('name')!r}: "
+                            f"{key} = {entry[key]!r}: {exc}"
+                        ) from None
+
 
 @dataclass
 class StreamsConfig:
@@ -92,6 +108,50 @@ class StreamsConfig:
     decode_demand_per_s: float = 1.0  # snapshots a second from which continuous is cheaper
     decode_warm_s: float = 30.0  # keep a stream asked for this recently warm, CPU allowing
     decode_cpu_budget: float = 0.6  # share of all cores below which warm streams stay decoded
+    # no video for this long while the source stays connected: the stream is stale (0: never)
+    stale_after_s: float = setting(10.0, minimum=0)
+    # the packets of the last history_s seconds are kept, for pictures of the past (?at=),
+    # at most history_max_bytes of them per stream
+    history_s: float = setting(0.0, minimum=0, maximum=3600)
+    history_max_bytes: int = setting(32 * 1024 * 1024, minimum=1024)
+    # per-stream values of the three above: [{name = "door*", history_s = 30}, ...]; ``name``
+    # is a glob, the first entry that matches counts
+    per_stream: list[dict[str, Any]] = field(default_factory=list)
+
+    PER_STREAM_KEYS = {"stale_after_s": (0.0, None), "history_s": (0.0, 3600.0)}
+
+    def check(self) -> None:
+        for i, entry in enumerate(self.per_stream):
+            where = f"[streams] per_stream[{i}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise ConfigError(f"{where} needs a name (a stream name or a glob)")
+            for key, value in entry.items():
+                if key == "name":
+                    continue
+                if key == "history_max_bytes":
+                    low, high = 1024.0, None
+                elif key in self.PER_STREAM_KEYS:
+                    low, high = self.PER_STREAM_KEYS[key]
+                else:
+                    raise ConfigError(
+                        f"{where}: unknown key {key!r} (known: name, stale_after_s, history_s, "
+                        "history_max_bytes)"
+                    )
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ConfigError(f"{where}: {key} = {value!r} must be a number")
+                if value < low or (high is not None and value > high):
+                    raise ConfigError(f"{where}: {key} = {value!r} is out of range")
+
+    def for_stream(self, name: str) -> tuple[float, float, int]:
+        """``(stale_after_s, history_s, history_max_bytes)`` of the stream ``name``."""
+        for entry in self.per_stream:
+            if fnmatch.fnmatchcase(name, entry["name"]):
+                return (
+                    float(entry.get("stale_after_s", self.stale_after_s)),
+                    float(entry.get("history_s", self.history_s)),
+                    int(entry.get("history_max_bytes", self.history_max_bytes)),
+                )
+        return self.stale_after_s, self.history_s, self.history_max_bytes
 
 
 @dataclass

@@ -63,3 +63,19 @@ class Refused(StreamsnapError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class StreamStale(SnapshotError):
+    """The source stays connected but has sent no video for ``[streams] stale_after_s``."""
+
+    def __init__(self, message: str, quiet_s: float) -> None:
+        super().__init__(message)
+        self.quiet_s = quiet_s
+
+
+class NotInHistory(SnapshotError):
+    """No frame of the instant asked for is held (``oldest_ms``: the oldest held, -1: none)."""
+
+    def __init__(self, message: str, oldest_ms: int) -> None:
+        super().__init__(message)
+        self.oldest_ms = oldest_ms

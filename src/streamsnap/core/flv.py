@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 CLASSIC_CODECS = {2: "flv", 7: "h264", 12: "hevc"}
 FOURCC_CODECS = {b"avc1": "h264", b"hvc1": "hevc", b"av01": "av1", b"vp09": "vp9"}
 
+# what the codecs FLV can name but nothing here decodes are, for the error a user sees
+CLASSIC_NAMES = {1: "JPEG", 3: "Screen Video", 4: "VP6", 5: "VP6 with alpha", 6: "Screen Video 2"}
+
 SEQUENCE_START, CODED_FRAMES, SEQUENCE_END, CODED_FRAMES_X = 0, 1, 2, 3
 KEYFRAME, COMMAND_FRAME = 1, 5
 
@@ -102,6 +105,17 @@ AUDIO_FOURCC = {
 }
 
 
+def describe_unsupported(payload: bytes) -> str:
+    """Names the codec of a video tag that :func:`parse_video` does not support."""
+    b0 = payload[0]
+    if b0 & 0x80 and len(payload) >= 5:
+        fourcc = bytes(payload[1:5]).decode("ascii", "backslashreplace")
+        return f"unsupported video codec {fourcc!r} (Enhanced RTMP FourCC)"
+    codec_id = b0 & 0x0F
+    name = CLASSIC_NAMES.get(codec_id, "unknown")
+    return f"unsupported video codec {name} (FLV codec id {codec_id})"
+
+
 def audio_codec(payload: bytes) -> str:
     if not payload:
         return ""
@@ -120,13 +134,10 @@ def ingest_video(app: App, stream: Stream, payload: bytes, dts: int) -> None:
             frames.set_codec(tag.codec, tag.data or None)
     elif tag.kind == CODED_FRAMES:
         if not tag.codec:
-            if frames.frames_in == 0:
-                log.warning(
-                    "stream %s: unsupported video codec (tag byte 0x%02x); snapshots need "
-                    "H.264, HEVC, AV1 or VP9",
-                    stream.name,
-                    payload[0],
-                )
+            # named at once (REST, find), never left to look like a slow source
+            frames.unsupported(
+                describe_unsupported(payload) + "; snapshots need H.264, HEVC, AV1 or VP9"
+            )
             frames.frames_in += 1
             return
         if tag.codec != frames.codec_name:

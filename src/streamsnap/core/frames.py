@@ -10,6 +10,7 @@ hand over pictures with :meth:`FrameStore.push_picture` instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -19,7 +20,8 @@ from typing import NamedTuple
 
 import av
 
-from . import h264
+from . import h264, history
+from .history import History
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,31 @@ class _Packet(NamedTuple):
     pts: int
     dts: int
     index: int
+    arrival: int  # Unix ms when the server received it
+
+
+# FFmpeg decoders to try per codec, best first: FFmpeg's native AV1 decoder only drives
+# hardware (software decoding fails with ENOSYS), libdav1d decodes AV1 on the CPU
+DECODERS = {"av1": ("libdav1d", "libaom-av1", "av1")}
+
+
+def decoder_name(codec_name: str) -> str | None:
+    """The decoder :class:`FrameStore` opens for ``codec_name``, or None if there is none."""
+    for name in DECODERS.get(codec_name, (codec_name,)):
+        try:
+            av.CodecContext.create(name, "r")
+        except (av.FFmpegError, ValueError):
+            continue
+        return name
+    return None
+
+
+class OutOfHistory(LookupError):
+    """No frame of the instant asked for is held (``oldest_ms``: the oldest instant held)."""
+
+    def __init__(self, message: str, oldest_ms: int) -> None:
+        super().__init__(message)
+        self.oldest_ms = oldest_ms
 
 
 @dataclass(frozen=True)
@@ -48,6 +75,7 @@ class Picture:
     index: int
     pts: int
     gop: int  # the keyframe group it belongs to (a new picture is never older)
+    arrival: int = -1  # Unix ms when the frame it shows was received
 
 
 class FrameStore:
@@ -60,11 +88,23 @@ class FrameStore:
     a decode that started before them neither publishes its picture nor keeps its decoder.
     """
 
-    def __init__(self, stream_name: str, max_packets: int = 1800, max_bytes: int = 64 << 20):
+    def __init__(
+        self,
+        stream_name: str,
+        max_packets: int = 1800,
+        max_bytes: int = 64 << 20,
+        history_s: float = 0.0,
+        history_bytes: int = 32 << 20,
+    ):
         self.stream_name = stream_name
         self.max_packets = max_packets
         self.max_bytes = max_bytes
         self.codec_name = ""
+        self.decoder = ""  # the FFmpeg decoder for codec_name ("" until one is known)
+        # why pictures cannot be made: no decoder for the codec, or the decoder refuses it
+        self.codec_error = ""
+        self.history = History(history_s, history_bytes)
+        self.last_arrival = 0.0  # monotonic time of the newest video frame (0: none yet)
         self.width = 0
         self.height = 0
         self._extradata: bytes | None = None
@@ -93,6 +133,7 @@ class FrameStore:
         self._dec_codec_gen = 0
         self._waiters: list[asyncio.Future[None]] = []
         self.decode_errors = 0
+        self.last_decode_error = ""
         self.decode_passes = 0  # decode_latest calls that fed the decoder (or drained it)
         self.frames_decoded = 0  # frames fed to the decoder and not skipped (H.264)
         self.continuous = False  # decoded as frames arrive (the decode policy decides)
@@ -111,6 +152,10 @@ class FrameStore:
             )
         self.codec_name = codec_name
         self._extradata = extradata
+        self.decoder = decoder_name(codec_name) or ""
+        self.codec_error = "" if self.decoder else f"no decoder for video codec {codec_name!r}"
+        if self.codec_error:
+            log.error("stream %s: %s: no snapshots", self.stream_name, self.codec_error)
         self._h264_length = 0  # H.264: the NAL length size of in-band SPS to rewrite
         if codec_name == "h264" and extradata:
             # the decoder then returns each I/P picture as soon as it is decoded (h264.py)
@@ -123,7 +168,15 @@ class FrameStore:
             self._gop_bytes = 0
             self._gop_id += 1
             self._codec_gen += 1
+            self.history.clear()  # frames of another codec
         self._release_decoder()
+
+    def unsupported(self, description: str) -> None:
+        """The source sends video in a codec nothing here reads (``description`` names it)."""
+        if self.codec_error != description:
+            self.codec_error = description
+            log.error("stream %s: %s: no snapshots", self.stream_name, description)
+        self.wake()  # a snapshot waiting for a picture learns at once that none will come
 
     def push_packet(
         self, data: bytes, pts: int, keyframe: bool, dts: int | None = None
@@ -133,14 +186,19 @@ class FrameStore:
         self.frames_in += 1
         size = len(data)
         self.bytes_in += size
-        self._recent.append((time.monotonic(), size))
+        now = self.last_arrival = time.monotonic()
+        arrival = int(time.time() * 1000)
+        self._recent.append((now, size))
         if keyframe:
             if self._h264_length:
                 data = h264.no_reorder_access_unit(data, self._h264_length)
             if self._gop:
                 self.gop_length = len(self._gop)
+            packet = _Packet(data, pts, pts if dts is None else dts, index, arrival)
             with self._state:  # a decoding worker reads the GOP and its id together
-                self._gop = [_Packet(data, pts, pts if dts is None else dts, index)]
+                if self._gop and self.history.seconds > 0:
+                    self.history.keep(self._gop_id, self._gop, self._gop_bytes, arrival)
+                self._gop = [packet]
                 self._gop_id += 1
             self._gop_bytes = size
             self._overflowed = False
@@ -162,7 +220,7 @@ class FrameStore:
                 self._gop_bytes = 0
                 self.dropped += 1
                 return None
-            self._gop.append(_Packet(data, pts, pts if dts is None else dts, index))
+            self._gop.append(_Packet(data, pts, pts if dts is None else dts, index, arrival))
             self._gop_bytes += size
         self.wake()
         return FrameHandle(index, pts, keyframe, size)
@@ -172,9 +230,10 @@ class FrameStore:
         index = self.frames_in
         self.frames_in += 1
         self.decodes_itself = True
-        self._recent.append((time.monotonic(), 0))
+        now = self.last_arrival = time.monotonic()
+        self._recent.append((now, 0))
         self.width, self.height = frame.width, frame.height
-        self._latest = Picture(frame, index, pts, self._gop_id)
+        self._latest = Picture(frame, index, pts, self._gop_id, int(time.time() * 1000))
         self.wake()
         return FrameHandle(index, pts, True, 0)
 
@@ -188,6 +247,7 @@ class FrameStore:
             self._gop_id += 1
             self._latest = None
             self._seen = (-1, 0)
+            self.history.clear()
         self._release_decoder()
         for fut in self._waiters:
             if not fut.done():
@@ -339,14 +399,14 @@ class FrameStore:
                 ):
                     self.frames_decoded += 1
                 for frame in self._decode(decoder, pkt):
-                    best = self._better(best, frame, index_of, gop_id)
+                    best = self._better(best, frame, index_of, gop_id, gop)
             if skipping:
                 decoder.skip_frame = "DEFAULT"
             self._dec_gop, self._dec_pos = gop_id, n
             if best is None or (fresh and not self.continuous and best.pts < self._max_pts(gop, n)):
                 # The decoder holds back frames for reordering (B-frames): none of this GOP
                 # yet, or a newer one than it gave. Drain it; it restarts from the keyframe.
-                best = self._drain(decoder, best, index_of, gop_id)
+                best = self._drain(decoder, best, index_of, gop_id, gop)
             self._dec_best = best
             with self._state:
                 if self._epoch != epoch:
@@ -358,6 +418,60 @@ class FrameStore:
                     self._latest = best
                     self.width, self.height = best.frame.width, best.frame.height
                 return self._latest
+
+    def newest_packet(self) -> tuple[int, _Packet] | None:
+        """``(GOP id, packet)`` of the newest frame received (codecs whose every frame is a
+        picture of its own, such as MJPEG, can be served from it without decoding)."""
+        with self._state:
+            return (self._gop_id, self._gop[-1]) if self._gop else None
+
+    def oldest_ms(self) -> int | None:
+        """The oldest instant a picture can be shown for (Unix ms), None without packets."""
+        with self._state:
+            groups = [packets for _, packets, _ in self.history.gops] + [self._gop]
+        return next((packets[0].arrival for packets in groups if packets), None)
+
+    def picture_at(self, at_ms: int) -> Picture:
+        """The picture shown at the instant ``at_ms`` (Unix ms): the newest frame in display
+        order of those received by then, decoded from its keyframe by a decoder of its own.
+        Raises :class:`OutOfHistory` when no frame of that instant is held.
+
+        Blocking (CPU): call it from a worker thread."""
+        if self.decodes_itself:  # WebRTC: pictures arrive decoded, only the newest is kept
+            latest = self._latest
+            if latest is not None and latest.arrival <= at_ms:
+                return latest
+            oldest = latest.arrival if latest is not None else -1
+            raise OutOfHistory(f"the oldest instant held is {oldest}", oldest)
+        with self._state:
+            groups = [(gop_id, packets) for gop_id, packets, _ in self.history.gops]
+            groups.append((self._gop_id, self._gop[:]))
+            epoch = self._epoch
+        found = history.find(groups, at_ms)
+        if found is None:
+            oldest = next((packets[0].arrival for _, packets in groups if packets), None)
+            if oldest is None:
+                raise OutOfHistory("no frame is held", -1)
+            raise OutOfHistory(f"the oldest instant held is {oldest}", oldest)
+        gop_id, packets = found
+        decoder = self._open_decoder()
+        if decoder is None:
+            raise OutOfHistory(self.codec_error or "no decoder", -1)
+        wanted = max(range(len(packets)), key=lambda i: packets[i].pts)
+        index_of = {pkt.pts: pkt.index for pkt in packets}
+        best: Picture | None = None
+        for i, pkt in enumerate(packets):
+            # only the frame asked for and those it may refer to are needed
+            decoder.skip_frame = "DEFAULT" if i == wanted else "NONREF"
+            for frame in self._decode(decoder, pkt):
+                best = self._better(best, frame, index_of, gop_id, packets)
+        decoder.skip_frame = "DEFAULT"
+        with contextlib.suppress(av.FFmpegError):
+            for frame in decoder.decode(None):
+                best = self._better(best, frame, index_of, gop_id, packets)
+        if best is None or self._epoch != epoch:
+            raise OutOfHistory("the frame of that instant could not be decoded", -1)
+        return best
 
     @staticmethod
     def _max_pts(gop: list[_Packet], n: int) -> int:
@@ -375,12 +489,12 @@ class FrameStore:
         return sum(1 for pkt in gop if pkt.index < limit and (not same_gop or pkt.pts > pts))
 
     def _open_decoder(self) -> av.CodecContext | None:
+        if not self.decoder:
+            return None  # set_codec logged it, codec_error says it
         try:
-            ctx = av.CodecContext.create(self.codec_name, "r")
+            ctx = av.CodecContext.create(self.decoder, "r")
         except (av.FFmpegError, ValueError) as exc:
-            log.error(
-                "stream %s: no decoder for codec %r: %s", self.stream_name, self.codec_name, exc
-            )
+            log.error("stream %s: no decoder %r: %s", self.stream_name, self.decoder, exc)
             return None
         if self._decoder_extradata:
             ctx.extradata = self._decoder_extradata
@@ -396,6 +510,7 @@ class FrameStore:
             return decoder.decode(packet)
         except av.FFmpegError as exc:
             self.decode_errors += 1
+            self.last_decode_error = str(exc)
             if self.decode_errors in (1, 10, 100) or self.decode_errors % 1000 == 0:
                 log.warning(
                     "stream %s: decode error on frame %d (%d so far): %s",
@@ -407,11 +522,16 @@ class FrameStore:
             return []
 
     def _drain(
-        self, decoder: av.CodecContext, best: Picture | None, index_of: dict[int, int], gop_id: int
+        self,
+        decoder: av.CodecContext,
+        best: Picture | None,
+        index_of: dict[int, int],
+        gop_id: int,
+        gop: list[_Packet],
     ) -> Picture | None:
         try:
             for frame in decoder.decode(None):
-                best = self._better(best, frame, index_of, gop_id)
+                best = self._better(best, frame, index_of, gop_id, gop)
         except av.FFmpegError:
             pass
         decoder.flush_buffers()
@@ -420,12 +540,18 @@ class FrameStore:
 
     @staticmethod
     def _better(
-        best: Picture | None, frame: av.VideoFrame, index_of: dict[int, int], gop_id: int
+        best: Picture | None,
+        frame: av.VideoFrame,
+        index_of: dict[int, int],
+        gop_id: int,
+        packets: list[_Packet],
     ) -> Picture | None:
         pts = frame.pts if frame.pts is not None else -1
         index = index_of.get(pts, -1)
         if index < 0:
             return best  # a frame of an earlier GOP leaving the reorder buffer
         if best is None or best.gop != gop_id or pts >= best.pts:
-            return Picture(frame, index, pts, gop_id)
+            first = packets[0].index if packets else index
+            arrival = packets[index - first].arrival if 0 <= index - first < len(packets) else -1
+            return Picture(frame, index, pts, gop_id, arrival)
         return best

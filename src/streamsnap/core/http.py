@@ -18,6 +18,7 @@ from aiohttp import web
 from .errors import (
     InvalidStreamName,
     NotAllowed,
+    NotInHistory,
     Refused,
     SnapshotError,
     StreamNotFound,
@@ -57,6 +58,7 @@ _EXCEPTIONS = {
     404: "com.flashphoner.rest.server.exception.NotFoundException",
     405: "com.flashphoner.rest.server.exception.MethodNotAllowedException",
     413: "com.flashphoner.rest.server.exception.BadRequestException",
+    410: "com.flashphoner.rest.server.exception.NotFoundException",
     415: "com.flashphoner.rest.server.exception.UnsupportedMediaTypeException",
     429: "com.flashphoner.rest.server.exception.TooManyRequestsException",
     500: "com.flashphoner.rest.server.exception.InternalErrorException",
@@ -67,6 +69,7 @@ _ERRORS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    410: "Gone",
     413: "Payload Too Large",
     415: "Unsupported Media Type",
     429: "Too Many Requests",
@@ -166,6 +169,8 @@ def failure_response(request: web.Request, exc: Exception) -> web.Response:
         return error_response(request, 400, str(exc))
     if isinstance(exc, NotAllowed):
         return error_response(request, exc.status, str(exc))
+    if isinstance(exc, NotInHistory):
+        return error_response(request, 410, str(exc))
     if isinstance(exc, SnapshotError):
         return error_response(request, 500, str(exc) or "Snapshot taking error")
     if isinstance(exc, Unavailable):

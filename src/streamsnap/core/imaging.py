@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 from typing import Literal
 
 import av
 import numpy as np
 from PIL import Image
+
+from .errors import NotAllowed
+from .framing import Crop, Fit
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +68,94 @@ def target_size(src_w: int, src_h: int, width: int | None, height: int | None) -
     return width, height
 
 
-def to_rgb(frame: av.VideoFrame, width: int | None = None, height: int | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class Layout:
+    """How a picture is made from a frame: the part of the source shown, the size it is
+    scaled to, and where that lies on the output (black around it: ``fit=contain``)."""
+
+    region: Crop  # x, y, width, height in source pixels
+    scaled: tuple[int, int]
+    canvas: tuple[int, int]
+    offset: tuple[int, int] = (0, 0)
+
+
+def crop_region(src_w: int, src_h: int, crop: Crop | None) -> Crop:
+    """``crop`` cut to the picture: a rectangle reaching past an edge shows what lies inside
+    (a camera that changed resolution keeps working); one wholly outside is refused (400)."""
+    if crop is None:
+        return 0, 0, src_w, src_h
+    x, y, w, h = crop
+    if x >= src_w or y >= src_h:
+        raise NotAllowed(
+            f"crop={x},{y},{w},{h} lies outside the {src_w}x{src_h} picture",
+            status=400,
+        )
+    return x, y, min(w, src_w - x), min(h, src_h - y)
+
+
+def layout(
+    src_w: int,
+    src_h: int,
+    width: int | None = None,
+    height: int | None = None,
+    fit: Fit = "fill",
+    crop: Crop | None = None,
+) -> Layout:
+    """Crop first, then size the result as :func:`target_size` does (clamps included). With
+    both ``width`` and ``height``, ``fit`` says how the crop's shape meets theirs: ``fill``
+    stretches, ``contain`` scales it whole inside and centres it, ``cover`` fills the size
+    and cuts what overflows, equally on both sides. With one side or none, the aspect ratio
+    is kept and ``fit`` changes nothing."""
+    x, y, w, h = crop_region(src_w, src_h, crop)
+    out_w, out_h = target_size(w, h, width, height)
+    if not (width and height) or fit == "fill":
+        return Layout((x, y, w, h), (out_w, out_h), (out_w, out_h))
+    if fit == "contain":
+        scale = min(out_w / w, out_h / h)
+        in_w, in_h = min(out_w, max(1, round(w * scale))), min(out_h, max(1, round(h * scale)))
+        offset = ((out_w - in_w) // 2, (out_h - in_h) // 2)
+        return Layout((x, y, w, h), (in_w, in_h), (out_w, out_h), offset)
+    if w * out_h > h * out_w:  # cover, the crop is wider than the output: cut left and right
+        keep = max(1, round(h * out_w / out_h))
+        x, w = x + (w - keep) // 2, keep
+    else:
+        keep = max(1, round(w * out_h / out_w))
+        y, h = y + (h - keep) // 2, keep
+    return Layout((x, y, w, h), (out_w, out_h), (out_w, out_h))
+
+
+def to_rgb(
+    frame: av.VideoFrame,
+    width: int | None = None,
+    height: int | None = None,
+    fit: Fit = "fill",
+    crop: Crop | None = None,
+) -> np.ndarray:
     # threads=1: swscale's default starts a pool of one thread per core for every frame it
     # converts, kept until that frame is freed; the snapshot pool already spreads the work
-    w, h = target_size(frame.width, frame.height, width, height)
-    if (w, h) != (frame.width, frame.height):
-        frame = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA", threads=1)
-        return frame.to_ndarray()
-    return frame.to_ndarray(format="rgb24", threads=1)
+    plan = layout(frame.width, frame.height, width, height, fit, crop)
+    x, y, w, h = plan.region
+    (scaled_w, scaled_h), (out_w, out_h) = plan.scaled, plan.canvas
+    if (w, h) == (frame.width, frame.height):  # the whole frame: swscale scales and converts
+        if (scaled_w, scaled_h) != (w, h):
+            frame = frame.reformat(
+                width=scaled_w, height=scaled_h, format="rgb24", interpolation="AREA", threads=1
+            )
+            rgb = frame.to_ndarray()
+        else:
+            rgb = frame.to_ndarray(format="rgb24", threads=1)
+    else:  # a part: converted whole (chroma planes hold no odd offsets), cut, then scaled
+        rgb = frame.to_ndarray(format="rgb24", threads=1)[y : y + h, x : x + w]
+        if (scaled_w, scaled_h) != (w, h):
+            part = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            part = part.reformat(width=scaled_w, height=scaled_h, interpolation="AREA", threads=1)
+            rgb = part.to_ndarray()
+    if (scaled_w, scaled_h) == (out_w, out_h):
+        return rgb
+    canvas = np.zeros((out_h, out_w, 3), np.uint8)  # contain: black bars
+    ox, oy = plan.offset
+    canvas[oy : oy + scaled_h, ox : ox + scaled_w] = rgb
+    return canvas
 
 
 def encode(

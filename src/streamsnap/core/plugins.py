@@ -42,9 +42,11 @@ ENTRY_POINT_GROUP = "streamsnap"
 # publish during their setup), and at shutdown the sources stop first.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "streamsnap.plugins.rest",
+    "streamsnap.plugins.mjpeg",
     "streamsnap.plugins.cluster",
     "streamsnap.plugins.storage",
     "streamsnap.plugins.storage_local",
+    "streamsnap.plugins.webhook",
     "streamsnap.plugins.auto_snapshot",
     "streamsnap.plugins.folder_watch",
     "streamsnap.plugins.metrics",

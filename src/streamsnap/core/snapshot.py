@@ -18,14 +18,17 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import imaging
-from .errors import SnapshotError, StreamNotFound
+from . import imaging, jpeg
+from .errors import NotInHistory, SnapshotError, StreamNotFound, StreamStale
+from .frames import OutOfHistory, Picture
+from .framing import Crop, Fit
 from .stats import Histogram
 
 FRESHNESS_BUCKETS = (0, 1, 2, 4, 8, 16, 32)  # frames
 # pictures kept per stream, one per variant asked for (format, size, quality), least recently
 # made first out: ?width= takes thousands of values, the cache must not grow with them
 MAX_VARIANTS = 16
+DEFAULT_QUALITY = 85  # JPEG and WebP
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,7 +46,10 @@ class SnapshotRequest:
     format: imaging.Format = "png"
     width: int | None = None
     height: int | None = None
-    quality: int = 85
+    quality: int = 85  # DEFAULT_QUALITY
+    # with both width and height: how the picture meets that shape (see imaging.layout)
+    fit: Fit = "fill"
+    crop: Crop | None = None  # x, y, w, h in source pixels, cut before scaling
     source: str = "api"  # who asks: "rest", "websocket", "cli", "auto", ...
     # True: the picture of the newest frame, never one shared from just before (coalesce_ms);
     # auto-snapshots ask so, each file showing its own frame
@@ -54,10 +60,13 @@ class SnapshotRequest:
     # the client address a pull may be started for (REST POST, WebSocket); None: only live
     # streams are served (image GETs: any web page can make a browser send one)
     pull_for: str | None = None
+    # Unix ms: the picture shown at that instant, from the stream's history (None: the newest)
+    at: int | None = None
+    stale_ok: bool = False  # a stale stream's last picture is wanted anyway (?stale=ok)
 
     @property
-    def key(self) -> tuple[str, int | None, int | None, int]:
-        return (self.format, self.width, self.height, self.quality)
+    def key(self) -> tuple[Any, ...]:
+        return (self.format, self.width, self.height, self.quality, self.fit, self.crop)
 
 
 @dataclass
@@ -74,6 +83,9 @@ class Snapshot:
     pts: int = -1
     frames_behind: int = 0  # frames newer than the one shown that had arrived when asked
     taken_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    # Unix ms of the frame shown: the source's capture time where the protocol gives it, else
+    # when the server received it (-1: unknown)
+    frame_ms: int = -1
     gop: int = -1  # the frame store's keyframe group of the picture
     epoch: int = -1  # the frame store's source generation (see FrameStore.reset)
     # when it was asked for (monotonic), and how many frames the stream had received then
@@ -165,7 +177,19 @@ class SnapshotService:
         request: SnapshotRequest,
         is_live: Callable[[Stream], bool] | None,
     ) -> Snapshot:
+        if not request.stale_ok:
+            quiet = stream.stale_for()
+            if quiet:
+                raise StreamStale(
+                    f"stream {stream.name!r} is stale: no video for {quiet:.1f} s while its "
+                    f"source stays connected ([streams] stale_after_s = {stream.stale_after_s:g})",
+                    quiet,
+                )
         await self._wait_for_picture(stream, is_live)
+        if request.at is not None:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._render_at, stream, request, time.monotonic()
+            )
         seen = self._seen.setdefault(stream.media_session_id, {})
         previous = seen.get(request.key)
         _keep(seen, request.key, stream.frames.frames_in)
@@ -223,11 +247,15 @@ class SnapshotService:
                 break
             if stream.failure:
                 raise SnapshotError(stream.failure)
+            if stream.frames.codec_error:
+                raise SnapshotError(f"stream {stream.name!r}: {stream.frames.codec_error}")
             await stream.frames.wait_decodable(min(step, remaining))
             if stream.failure and not stream.frames.decodable:
                 raise SnapshotError(stream.failure)
             if is_live is not None and not is_live(stream):
                 raise StreamNotFound(f"stream {stream.name!r} ended")
+        if stream.frames.codec_error:
+            raise SnapshotError(f"stream {stream.name!r}: {stream.frames.codec_error}")
         if not stream.frames.decodable:
             raise SnapshotTimeout("Snapshot response timeout")
 
@@ -276,11 +304,14 @@ class SnapshotService:
         t0 = time.perf_counter()
         # read before decoding: a picture is never labelled with a later source than its own
         epoch = stream.frames.epoch
+        own = self._camera_jpeg(stream, request, epoch, asked, received)
+        if own is not None:
+            return own
         picture = stream.frames.decode_latest(fresh=True)
         t1 = time.perf_counter()
         self.decode_seconds.observe(t1 - t0)
         if picture is None:
-            raise SnapshotError(f"stream {stream.name!r}: no decodable picture yet")
+            raise SnapshotError(_no_picture(stream))
         behind = stream.frames.frames_behind(picture, received)
         self.frames_behind.observe(behind)
         cached = self._cache.get(stream.media_session_id, {}).get(request.key)
@@ -289,7 +320,77 @@ class SnapshotService:
             return dataclasses.replace(
                 cached, frames_behind=behind, asked=asked, received=received, clients=set()
             )
-        rgb = imaging.to_rgb(picture.frame, request.width, request.height)
+        return self._encode(stream, request, picture, epoch, behind, asked, received, t1)
+
+    def _camera_jpeg(
+        self, stream: Stream, request: SnapshotRequest, epoch: int, asked: float, received: int
+    ) -> Snapshot | None:
+        """An MJPEG camera's own JPEG of the newest frame, untouched, when a JPEG of it is
+        asked for as it is (no size, no crop, the default quality): no decode, no encode."""
+        frames = stream.frames
+        if (
+            request.format != "jpeg"
+            or frames.codec_name != "mjpeg"
+            or request.width
+            or request.height
+            or request.crop
+            or request.quality != DEFAULT_QUALITY
+        ):
+            return None
+        newest = frames.newest_packet()
+        size = jpeg.size(newest[1].data) if newest is not None else None
+        if newest is None or size is None:
+            return None  # not a plain JPEG (or nothing yet): decoded and encoded as usual
+        gop, packet = newest
+        self.frames_behind.observe(0)
+        return Snapshot(
+            data=packet.data,
+            format="jpeg",
+            width=size[0],
+            height=size[1],
+            stream_name=stream.name,
+            media_session_id=stream.media_session_id,
+            frame_index=packet.index,
+            pts=packet.pts,
+            frame_ms=packet.arrival,
+            gop=gop,
+            epoch=epoch,
+            asked=asked,
+            received=received,
+        )
+
+    def _render_at(self, stream: Stream, request: SnapshotRequest, asked: float) -> Snapshot:
+        """Worker thread: the picture shown at ``request.at``, from the stream's history."""
+        assert request.at is not None
+        t0 = time.perf_counter()
+        epoch = stream.frames.epoch
+        try:
+            picture = stream.frames.picture_at(request.at)
+        except OutOfHistory as exc:
+            raise NotInHistory(
+                f"stream {stream.name!r}: no picture of the instant {request.at} is held: "
+                f"{exc} ([streams] history_s = {stream.frames.history.seconds:g})",
+                exc.oldest_ms,
+            ) from None
+        t1 = time.perf_counter()
+        self.decode_seconds.observe(t1 - t0)
+        return self._encode(stream, request, picture, epoch, 0, asked, -1, t1)
+
+    def _encode(
+        self,
+        stream: Stream,
+        request: SnapshotRequest,
+        picture: Picture,
+        epoch: int,
+        behind: int,
+        asked: float,
+        received: int,
+        t1: float,
+    ) -> Snapshot:
+        """Worker thread: scale, frame and encode ``picture`` (decoded by ``t1``)."""
+        rgb = imaging.to_rgb(
+            picture.frame, request.width, request.height, request.fit, request.crop
+        )
         data = imaging.encode(rgb, request.format, request.quality, self.config.png_encoder)
         self.encode_seconds.observe(time.perf_counter() - t1)
         self.encodes += 1
@@ -303,11 +404,31 @@ class SnapshotService:
             frame_index=picture.index,
             pts=picture.pts,
             frames_behind=behind,
+            frame_ms=picture.arrival,
             gop=picture.gop,
             epoch=epoch,
             asked=asked,
             received=received,
         )
+
+
+def _no_picture(stream: Stream) -> str:
+    """Why a stream with packets gave no picture: its decoder's words when it failed."""
+    frames = stream.frames
+    if frames.decode_errors and frames.last_decode_error:
+        return (
+            f"stream {stream.name!r}: video codec {frames.codec_name!r} could not be decoded "
+            f"({frames.decoder}): {frames.last_decode_error}"
+        )
+    return f"stream {stream.name!r}: no decodable picture yet"
+
+
+def age_headers(snap: Snapshot, now_ms: int | None = None) -> dict[str, str]:
+    """``X-Frame-Timestamp`` (Unix ms of the frame shown) and ``X-Frame-Age-Ms`` (how old it
+    was when answered), for every image answer."""
+    frame_ms = snap.frame_ms if snap.frame_ms >= 0 else snap.taken_ms
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return {"X-Frame-Timestamp": str(frame_ms), "X-Frame-Age-Ms": str(max(0, now - frame_ms))}
 
 
 def _keep(mapping: dict[tuple, Any], key: tuple, value: Any) -> None:

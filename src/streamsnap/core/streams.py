@@ -48,6 +48,16 @@ class Stream:
     # what is going wrong around the stream while it stays live, by the plugin that noticed
     # (e.g. {"auto_snapshot": "cannot write ...: No space left on device"}); "" entries removed
     faults: dict[str, str] = field(default_factory=dict)
+    stale_after_s: float = 0.0  # [streams] stale_after_s of this stream (0: never stale)
+
+    def stale_for(self, now: float | None = None) -> float:
+        """Seconds without video beyond ``stale_after_s`` while the source stays connected:
+        how long the stream has sent nothing, or 0.0 when it is not stale."""
+        frames = self.frames
+        if not self.stale_after_s or not frames.last_arrival or self.status != "PUBLISHING":
+            return 0.0
+        quiet = (time.monotonic() if now is None else now) - frames.last_arrival
+        return quiet if quiet >= self.stale_after_s else 0.0
 
     def touch(self) -> None:
         self.last_used = time.monotonic()

@@ -83,12 +83,23 @@ FAILURES: tuple[tuple[re.Pattern[str], str, str], ...] = (
     ),
     (re.compile(r"timed out|Operation timed out"), "timeout", "Failed to connect to rtsp stream"),
     (re.compile(r"Protocol not on whitelist|not on whitelist"), "refused", "Protocol not allowed"),
+    # the pipe format cannot carry the camera's codec (FLV and MJPEG, MPEG-4 Part 2, ...)
+    (
+        re.compile(r"not compatible with flv|not supported in the official FLV"),
+        "container",
+        "Codec not carried by FLV",
+    ),
 )
+# what ends a child as soon as FFmpeg prints it: it can only fail, and FFmpeg may linger (an
+# RTSP input keeps reading after the output gave up)
+FATAL = tuple(pattern for pattern, kind, _ in FAILURES if kind == "container")
 
 
 @dataclass(frozen=True)
 class ChildExit:
-    kind: str  # "auth", "not_found", "unreachable", "timeout", "stall", "exited", "stopped"
+    # "auth", "not_found", "unreachable", "timeout", "refused", "container", "stall",
+    # "bad_output", "exited", "stopped"
+    kind: str
     message: str  # for users (REST, stream status)
     detail: str  # for logs (masked)
     returncode: int | None
@@ -122,6 +133,7 @@ class FfmpegSupervisor:
         self._last_progress = 0.0
         self._progressed = False
         self._stopping = asyncio.Event()
+        self._fatal = asyncio.Event()  # FFmpeg printed a FATAL line
         self._task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self.stderr_tail: deque[str] = deque(maxlen=30)
@@ -181,6 +193,7 @@ class FfmpegSupervisor:
         argv = self.build_argv()
         self.state = "starting"
         self._progressed = False
+        self._fatal.clear()
         self.stderr_tail.clear()
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -203,16 +216,22 @@ class FfmpegSupervisor:
         stderr = asyncio.ensure_future(self._read_stderr(proc.stderr))
         waiter = asyncio.ensure_future(proc.wait())
         stopper = asyncio.ensure_future(self._stopping.wait())
+        fatal = asyncio.ensure_future(self._fatal.wait())
         reason: str | None = None
         try:
             while True:
                 done, _ = await asyncio.wait(
-                    {waiter, stopper, consumer}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED
+                    {waiter, stopper, consumer, fatal},
+                    timeout=0.5,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 if waiter in done:
                     break
                 if stopper in done:
                     reason = "stopped"
+                    break
+                if fatal in done:
+                    reason = "fatal"
                     break
                 if consumer in done:
                     reason = self._consumer_failure(consumer)
@@ -232,6 +251,7 @@ class FfmpegSupervisor:
                     break
         finally:
             stopper.cancel()
+            fatal.cancel()
             await self._terminate(proc)
             for task in (consumer, stderr):
                 if not task.done():
@@ -259,6 +279,8 @@ class FfmpegSupervisor:
             if text:
                 self.stderr_tail.append(text)
                 log.debug("%s: ffmpeg: %s", self.name, text)
+                if any(pattern.search(text) for pattern in FATAL):
+                    self._fatal.set()
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         """INT, then TERM, then KILL, each followed by a bounded wait; the child is reaped."""
@@ -292,6 +314,8 @@ class FfmpegSupervisor:
             return ChildExit("stopped", "Stopped", detail, returncode)
         for pattern, kind, message in FAILURES:
             if pattern.search(tail):
+                # FFmpeg's own line that says it, not whatever it printed last
+                detail = next((t for t in reversed(self.stderr_tail) if pattern.search(t)), detail)
                 log.warning("%s: %s (%s)", self.name, message, detail)
                 return ChildExit(kind, message, detail, returncode)
         if reason == "stall":

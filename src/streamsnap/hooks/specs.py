@@ -138,10 +138,12 @@ def snapshot_elsewhere(
 def forward_request(
     app: App, request: web.Request, body: dict[str, Any]
 ) -> web.StreamResponse | None:
-    """A REST request about streams this server may not hold: ``find`` or ``terminate`` that
-    matched nothing here, and every ``find_all``. A plugin returns the answer to give instead
-    (in a cluster: the holder's answer, or for ``find_all`` every node's streams), or None to
-    answer from this server alone. ``body`` is the request's JSON object, already checked.
+    """A request about streams this server may not hold: ``find``, ``terminate`` or
+    ``snapshot/save`` that matched nothing here, every ``find_all``, and ``stream.mjpeg`` of a
+    stream not held here (``body``: its ``streamName``). A plugin returns the answer to give
+    instead (in a cluster: the holder's answer, passed on as it comes for a live one, or for
+    ``find_all`` every node's streams), or None to answer from this server alone. ``body`` is
+    the request's JSON object, already checked.
 
     May return an awaitable; raise :class:`streamsnap.core.errors.Unavailable` (503) when the
     holder cannot be reached. Stops at the first non-None result.

@@ -18,14 +18,21 @@ import contextlib
 import logging
 import os
 import re
+import threading
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-from ..core.app import App
-from ..core.errors import SnapshotError, StreamNotFound
+from aiohttp import web
+
+from ..core.app import APP_KEY, App
+from ..core.errors import NotAllowed, SnapshotError, StreamNameInUse, StreamNotFound
 from ..core.frames import FrameHandle
+from ..core.framing import Crop, Fit, parse_crop, parse_fit, parse_side
+from ..core.http import FAILURES, error_response, failure_response, json_body
 from ..core.names import safe_name
 from ..core.snapshot import SnapshotRequest
 from ..core.state import StateKey
@@ -50,6 +57,11 @@ class Target:
     rate: int
     format: str
     retention: int
+    # the picture's framing, as an image GET's ?width=&height=&fit=&crop= ask for it
+    width: int | None = None
+    height: int | None = None
+    fit: Fit = "fill"
+    crop: Crop | None = None
     next_seq: int = 1
     kept: deque[int] = field(default_factory=deque)  # sequence numbers on disk, oldest first
     failing: bool = False  # an error was logged for this stream; log again once it recovers
@@ -59,6 +71,36 @@ class Target:
 
     def path(self, seq: int) -> Path:
         return self.folder / f"{self.prefix}_{seq:08d}.{EXTENSIONS[self.format]}"
+
+    def snapshot_request(self, source: str) -> SnapshotRequest:
+        return SnapshotRequest(
+            format=self.format,  # type: ignore[arg-type]
+            width=self.width,
+            height=self.height,
+            fit=self.fit,
+            crop=self.crop,
+            source=source,
+            newest=True,  # each file shows its own frame, never a shared one
+        )
+
+    def frame_with(self, override: dict) -> None:
+        """Take the framing keys of a ``snapshot_auto_streams`` entry. The config check
+        refuses bad ones at start; a config built in code is not checked: a bad value is
+        logged naming the stream and key, and left at its default."""
+        parsers = {"width": parse_side, "height": parse_side, "fit": parse_fit, "crop": parse_crop}
+        for key, parse in parsers.items():
+            if key not in override:
+                continue
+            try:
+                setattr(self, key, parse(override[key]))
+            except ValueError as exc:
+                log.error(
+                    "stream %s: auto-snapshot %s = %r %s; ignored",
+                    self.stream.name,
+                    key,
+                    override[key],
+                    exc,
+                )
 
 
 @dataclass
@@ -80,6 +122,11 @@ class AutoSnapshotter:
         self.overrides = {
             str(o.get("name")): o for o in self.config.snapshot_auto_streams if "name" in o
         }
+        # files save() announces itself, as (real path, mtime, size): the folder watcher skips them
+        self._announced: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+        self._announced_lock = threading.Lock()
+        # folders save() numbers files in without a Target: (their lock, saves using it)
+        self._saving: dict[Path, tuple[asyncio.Lock, int]] = {}
 
     # ---- the public interface: what the pages, the folder watcher and /metrics read
     def folder_stream(self, folder_name: str) -> Stream | None:
@@ -120,6 +167,7 @@ class AutoSnapshotter:
                 target.format,
             )
             target.format = "png"
+        target.frame_with(override)
         loop = asyncio.get_running_loop()
         live = {t.folder.name for t in self.targets.values()}
         await loop.run_in_executor(self.app.io_executor, self._make_room, target.folder, live)
@@ -216,11 +264,7 @@ class AutoSnapshotter:
         try:
             snap = await self.app.snapshots.take(
                 target.stream,
-                SnapshotRequest(
-                    format=target.format,  # type: ignore[arg-type]
-                    source="auto",
-                    newest=True,  # each file shows its own frame, never a shared one
-                ),
+                target.snapshot_request("auto"),
                 is_live=self.app.is_live,
             )
             seq = target.next_seq
@@ -230,6 +274,14 @@ class AutoSnapshotter:
             )
         except (SnapshotError, StreamNotFound) as exc:  # no picture yet, or the stream ended
             log.debug("stream %s: no auto-snapshot this turn: %s", target.stream.name, exc)
+        except NotAllowed as exc:  # a crop outside this stream's picture: logged once
+            if target.stream.faults.get("auto_snapshot") != str(exc):
+                target.stream.faults["auto_snapshot"] = str(exc)
+                log.error(
+                    "stream %s: no auto-snapshots: %s ([snapshot] snapshot_auto_streams)",
+                    target.stream.name,
+                    exc,
+                )
         except Exception:
             log.exception("stream %s: auto-snapshot failed", target.stream.name)
         finally:
@@ -278,6 +330,114 @@ class AutoSnapshotter:
             old = target.kept.popleft()
             with contextlib.suppress(FileNotFoundError):
                 target.path(old).unlink()
+
+    # ---- saving on request (POST /rest-api/stream/snapshot/save)
+    async def save(self, stream: Stream) -> Path:
+        """Write the current frame of the live ``stream`` into its auto-snapshot folder as the
+        next numbered file (names, numbering, retention and atomic write as auto snapshots;
+        when they are off for it, the folder is where they would go), then announce it
+        (``on_snapshot_saved``) once, whether the folder watcher runs or not. Raises
+        StreamNotFound, SnapshotError, and OSError when the file cannot be written."""
+        target = self.targets.get(stream.media_session_id)
+        if target is not None and target.stream is stream:
+            return await self._save(target)
+        target = self._target_for(stream)
+        async with self._folder_lock(target.folder):  # numbers come from the folder: one at a time
+            loop = asyncio.get_running_loop()
+            live = {t.folder.name for t in self.targets.values()}
+            await loop.run_in_executor(self.app.io_executor, self._make_room, target.folder, live)
+            existing = await loop.run_in_executor(self.app.io_executor, self._scan, target)
+            target.kept.extend(existing)
+            target.next_seq = (existing[-1] + 1) if existing else 1
+            self.folders[target.folder.name] = stream
+            self.folders.move_to_end(target.folder.name)
+            return await self._save(target)
+
+    def announces(self, path: str, st: os.stat_result) -> bool:
+        """Is the file at ``path``, as ``st`` shows it, one :meth:`save` announced itself (the
+        folder watcher leaves it alone)? Any thread."""
+        with self._announced_lock:
+            return (os.path.realpath(path), st.st_mtime_ns, st.st_size) in self._announced
+
+    def _target_for(self, stream: Stream) -> Target:
+        """Where and how ``stream``'s auto snapshots would be written, on or off."""
+        cfg = self.config
+        override = self.overrides.get(stream.name, {})
+        naming = override.get("naming", cfg.snapshot_auto_naming)
+        folder_name = safe_name(
+            stream.media_session_id if naming == "mediaSessionId" else stream.name
+        )
+        fmt = str(override.get("format", cfg.snapshot_auto_format))
+        target = Target(
+            stream=stream,
+            folder=self.root / folder_name,
+            prefix=safe_name(stream.name),
+            rate=max(1, int(override.get("rate", cfg.snapshot_auto_rate))),
+            format=fmt if fmt in EXTENSIONS else "png",
+            retention=max(1, int(override.get("retention", cfg.snapshot_auto_retention))),
+        )
+        target.frame_with(override)
+        return target
+
+    @contextlib.asynccontextmanager
+    async def _folder_lock(self, folder: Path) -> AsyncIterator[None]:
+        lock, users = self._saving.get(folder, (asyncio.Lock(), 0))
+        self._saving[folder] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._saving.pop(folder)
+            if users > 1:
+                self._saving[folder] = (lock, users - 1)
+
+    async def _save(self, target: Target) -> Path:
+        snap = await self.app.snapshot(target.stream.name, target.snapshot_request("save"))
+        seq = target.next_seq
+        target.next_seq += 1
+        try:
+            path = await asyncio.get_running_loop().run_in_executor(
+                self.app.io_executor, self._write_saved, target, seq, snap.data
+            )
+        except OSError:
+            if target.next_seq == seq + 1:
+                target.next_seq = seq  # no file took the number: the next one gets it
+            raise
+        self.app.spawn(self.app.snapshot_saved(target.stream, str(path)), name="on_snapshot_saved")
+        return path
+
+    def _write_saved(self, target: Target, seq: int, data: bytes) -> Path:
+        """Worker thread: write ``data`` as number ``seq`` atomically, remembered as announced
+        before it appears under its name; then apply retention. Raises OSError."""
+        final = target.path(seq)
+        tmp = final.with_name(f".{final.name}.tmp")
+        try:
+            target.folder.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+                st = os.fstat(f.fileno())
+            with self._announced_lock:  # a rename keeps mtime and size: the watcher's key
+                self._announced[(os.path.realpath(final), st.st_mtime_ns, st.st_size)] = None
+                while len(self._announced) > REMEMBERED_FOLDERS:
+                    self._announced.popitem(last=False)
+            os.replace(tmp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if exc.filename is None:  # a failed write or fsync names no file: the answer does
+                exc.filename = str(final)
+            raise
+        target.kept.append(seq)
+        while len(target.kept) > target.retention:
+            try:
+                old = target.kept.popleft()
+            except IndexError:  # an auto snapshot's write applied retention at the same time
+                break
+            with contextlib.suppress(FileNotFoundError):
+                target.path(old).unlink()
+        return final
 
 
 def _mtime(entry: os.DirEntry[str]) -> float:
@@ -337,3 +497,48 @@ def on_unpublish(stream: Stream, app: App) -> None:
     snapshotter = _snapshotter(app)
     if snapshotter is not None:
         snapshotter.unpublish(stream)
+
+
+async def save_snapshot(request: web.Request) -> web.Response:
+    """``POST /rest-api/stream/snapshot/save {"streamName"}`` → ``{"file", "url"}``: the
+    current frame, saved as the stream's next auto-snapshot file."""
+    app = request.app[APP_KEY]
+    snapshotter = _snapshotter(app)
+    if snapshotter is None:
+        return error_response(request, 503, "auto-snapshots are not running")
+    remote = request.remote or ""
+    try:
+        body = await json_body(request, ("streamName",))
+        name = body["streamName"]
+        if app.streams.lookup(name) is None:  # perhaps held by another node: saved there
+            answer = await _elsewhere(app, request, body)
+            if answer is not None:
+                return answer
+        stream = await app.resolve(name, remote)  # may start a pull, as the REST snapshot does
+        with app.admission.snapshot_slot(name, remote):
+            path = await snapshotter.save(stream)
+    except StreamNameInUse:  # a source another node of the cluster pulls: save it there
+        answer = await _elsewhere(app, request, body)
+        return answer if answer is not None else error_response(request, 404, "Stream not found")
+    except FAILURES as exc:
+        return failure_response(request, exc)
+    except OSError as exc:
+        where = os.path.dirname(exc.filename) if exc.filename else str(snapshotter.root)
+        message = f"cannot write the snapshot of {name!r} into {where}: {exc.strerror or exc}"
+        log.error("stream %s: %s", name, message)
+        return error_response(request, 500, message)
+    url = "/snapshots/" + quote(f"{path.parent.name}/{path.name}")
+    return web.json_response({"file": os.path.abspath(path), "url": f"{request.url.origin()}{url}"})
+
+
+async def _elsewhere(
+    app: App, request: web.Request, body: dict[str, Any]
+) -> web.StreamResponse | None:
+    """The holder's answer for a stream another server holds (``forward_request``)."""
+    return await app.pm.afirstresult("forward_request", app=app, request=request, body=body)
+
+
+@hookimpl
+def register_routes(app: App) -> list[web.RouteDef]:
+    # needs API credentials when [auth] is on, as POST /rest-api/stream/snapshot does
+    return [web.post("/rest-api/stream/snapshot/save", save_snapshot)]

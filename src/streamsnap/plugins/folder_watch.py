@@ -3,7 +3,8 @@
 Watches ``snapshot_auto_dir`` and ``[folder_watch] dirs`` (files written by other processes
 too) with watchdog. A file counts once it is complete: when a writer closes it after writing,
 or when it is renamed into place (atomic writers, like streamsnap's own). Temporary and hidden
-files never count, and each file is reported once. A symlink that leads out of the watched
+files never count, and each file is reported once (a file saved on request, which the
+auto-snapshot plugin announces itself, not at all). A symlink that leads out of the watched
 folders (a file, or a folder on the way) is refused and logged: storage backends never upload
 what it points to.
 """
@@ -112,6 +113,9 @@ class FolderWatcher:
         key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
         if key in self._seen or st.st_size == 0:
             return
+        snapshotter = self.app.state.get(AUTO_SNAPSHOT)
+        if snapshotter is not None and snapshotter.announces(path, st):
+            return  # saved on request: the auto-snapshot plugin announced it itself
         self._seen[key] = None
         if len(self._seen) > REMEMBERED:
             self._seen.popitem(last=False)

@@ -3,6 +3,7 @@ supervised children. Read straight from the objects that count them; nothing on 
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
@@ -79,6 +80,35 @@ def render(app: App) -> str:
         "counter",
         "Packets the decoder rejected.",
         [(s.frames.decode_errors, {"stream": s.name}) for s in streams],
+    )
+    now = time.monotonic()
+    metric(
+        "streamsnap_stream_last_frame_age_seconds",
+        "gauge",
+        "Seconds since the newest video frame of each live stream that has sent one.",
+        [
+            (round(now - s.frames.last_arrival, 3), {"stream": s.name})
+            for s in streams
+            if s.frames.last_arrival
+        ],
+    )
+    metric(
+        "streamsnap_stream_stale",
+        "gauge",
+        "1 for a live stream sending no video for [streams] stale_after_s, else 0.",
+        [(1 if s.stale_for(now) else 0, {"stream": s.name}) for s in streams],
+    )
+    metric(
+        "streamsnap_streams_stale",
+        "gauge",
+        "Live streams sending no video for [streams] stale_after_s.",
+        [(sum(1 for s in streams if s.stale_for(now)), None)],
+    )
+    metric(
+        "streamsnap_stream_history_bytes",
+        "gauge",
+        "Bytes of past keyframe groups kept for ?at= ([streams] history_s).",
+        [(s.frames.history.bytes, {"stream": s.name}) for s in streams if s.frames.history.seconds],
     )
     snaps = app.snapshots
     metric(

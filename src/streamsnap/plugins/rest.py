@@ -7,7 +7,9 @@ Errors use the WCS body (``exception``, ``reason``, ``path``, ``error``, ``messa
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from ..core.errors import (
     SnapshotError,
     StreamNameInUse,
     StreamNotFound,
+    StreamStale,
 )
 from ..core.http import (
     FAILURES,
@@ -29,15 +32,15 @@ from ..core.http import (
     open_route,
 )
 from ..core.imaging import FORMATS
-from ..core.snapshot import Snapshot, SnapshotRequest
+from ..core.snapshot import Snapshot, SnapshotRequest, age_headers
 from ..core.streams import Stream
 from ..core.supervisor import mask_credentials
 from ..hooks import hookimpl
+from .image_query import STALE_RETRY_S, image_request, instant
 
 log = logging.getLogger(__name__)
 
 OPENAPI = Path(__file__).resolve().parent.parent / "web" / "openapi.yaml"
-MAX_IMAGE_SIDE = 8192
 
 
 def _app(request: web.Request) -> App:
@@ -65,40 +68,38 @@ async def snapshot(request: web.Request) -> web.Response:
     """``POST /rest-api/stream/snapshot {"streamName"}`` → ``{"data": "<base64 PNG>"}``."""
     try:
         body = await json_body(request, ("streamName",))
-        req = SnapshotRequest(source="rest", client=_client(request), pull_for=request.remote or "")
+        req = SnapshotRequest(
+            source="rest",
+            client=_client(request),
+            pull_for=request.remote or "",
+            at=instant(body.get("at"), "field 'at'"),
+        )
         snap = await _snapshot(request, body["streamName"], req)
     except FAILURES as exc:
         return failure_response(request, exc)
-    return web.Response(body=snap.rest_json, content_type="application/json", charset="utf-8")
-
-
-def _int_param(request: web.Request, key: str, low: int, high: int) -> int | None:
-    raw = request.query.get(key)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter {key}={raw!r} must be an integer") from None
-    if not low <= value <= high:
-        raise BadRequest(f"query parameter {key}={value} must be between {low} and {high}")
-    return value
+    return web.Response(
+        body=snap.rest_json,
+        content_type="application/json",
+        charset="utf-8",
+        headers=age_headers(snap),
+    )
 
 
 async def snapshot_image(request: web.Request) -> web.StreamResponse:
-    """``GET /streams/NAME/snapshot.(png|jpg|webp)[?width=&height=&quality=]``: the image."""
+    """``GET /streams/NAME/snapshot.(png|jpg|webp)[?width=&height=&quality=&fit=&crop=&at=
+    &stale=ok]``: the image (docs/images.md)."""
     name = request.match_info["name"]
     try:
         fmt = FORMATS[request.match_info["ext"]]
-        req = SnapshotRequest(
-            format=fmt,
-            width=_int_param(request, "width", 2, MAX_IMAGE_SIDE),
-            height=_int_param(request, "height", 2, MAX_IMAGE_SIDE),
-            quality=_int_param(request, "quality", 1, 100) or 85,
-            source="rest",
-            client=_client(request),
+        req = dataclasses.replace(
+            image_request(request, fmt, source="rest", client=_client(request)),
+            at=instant(request.query.get("at"), "query parameter at"),
         )
         snap = await _snapshot(request, name, req)
+    except StreamStale as exc:
+        # an image URL polled by a dashboard: "try again", not "broken"
+        headers = {"Retry-After": STALE_RETRY_S, "X-Stream-Stale": str(int(exc.quiet_s))}
+        return error_response(request, 503, str(exc), headers=headers)
     except FAILURES as exc:
         return failure_response(request, exc)
     return web.Response(
@@ -111,6 +112,7 @@ async def snapshot_image(request: web.Request) -> web.StreamResponse:
             "X-Frame-Index": str(snap.frame_index),
             "X-Frames-Behind": str(snap.frames_behind),
             "X-Snapshot-Timestamp": str(snap.taken_ms),
+            **age_headers(snap),
         },
     )
 
@@ -134,6 +136,8 @@ def stream_json(stream: Stream) -> dict[str, Any]:
     """The WCS stream object (REST ``/stream/find``), with streamsnap's own extras; a
     pulled stream's name shows no credentials or secret query values."""
     frames = stream.frames
+    now = time.monotonic()
+    quiet = stream.stale_for(now)
     return {
         "appKey": stream.app_name,
         "mediaSessionId": stream.media_session_id,
@@ -157,8 +161,23 @@ def stream_json(stream: Stream) -> dict[str, Any]:
         "framesIn": frames.frames_in,
         "info": stream.failure,
         "decode": "continuous" if frames.continuous else "lazy",
-        "faults": dict(stream.faults),
+        "faults": _faults(stream),
+        "stale": quiet > 0,
+        # how long ago the newest video frame came (-1: none yet)
+        "lastFrameAgeMs": int((now - frames.last_arrival) * 1000) if frames.last_arrival else -1,
+        "historyS": frames.history.seconds,
     }
+
+
+def _faults(stream: Stream) -> dict[str, str]:
+    """What goes wrong around the stream, the frame store's own findings included."""
+    faults = dict(stream.faults)
+    if stream.frames.codec_error:
+        faults["codec"] = stream.frames.codec_error
+    quiet = stream.stale_for()
+    if quiet:
+        faults["stale"] = f"no video for {quiet:.1f} s"
+    return faults
 
 
 async def find(request: web.Request) -> web.Response:

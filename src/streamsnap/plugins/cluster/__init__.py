@@ -206,11 +206,14 @@ async def snapshot_elsewhere(
 async def forward_request(
     app: App, request: web.Request, body: dict[str, Any]
 ) -> web.StreamResponse | None:
-    """``find``/``terminate`` of a stream held elsewhere: the owner's answer; ``find_all``:
-    every node's streams."""
+    """``find``/``terminate``/``snapshot/save`` of a stream held elsewhere: the owner's
+    answer; ``find_all``: every node's streams; ``stream.mjpeg``: the owner's, as it comes."""
     cluster = _cluster(app)
     if cluster is None or FORWARDED.get():
         return None
+    if request.path.endswith("/stream.mjpeg"):  # a live answer: passed on as it comes
+        peer = await cluster.owner(body["streamName"])
+        return None if peer is None else await cluster.forwarder.stream(peer, request)
     raw = await read_body(request)
     if request.path.endswith("/find_all"):
         return await _find_all(app, cluster, request, raw)

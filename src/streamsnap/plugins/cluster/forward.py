@@ -3,6 +3,7 @@ nodes, every request signed (:mod:`.signing`), every failure a clear answer with
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -10,10 +11,17 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 import aiohttp
+from aiohttp import web
 from PIL import Image
 from yarl import URL
 
-from ...core.errors import SnapshotError, StreamNotFound, Unavailable
+from ...core.errors import (
+    NotInHistory,
+    SnapshotError,
+    StreamNotFound,
+    StreamStale,
+    Unavailable,
+)
 from ...core.imaging import FORMATS
 from ...core.snapshot import Snapshot, SnapshotRequest
 from ...core.supervisor import mask_credentials
@@ -24,6 +32,11 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = {fmt: ext for ext, fmt in FORMATS.items()}
 CONNECT_TIMEOUT_S = 1.0
+# a live answer passed on from its holder ends when nothing came for this long
+STREAM_READ_TIMEOUT_S = 60.0
+# the holder's headers a passed-on live answer keeps
+PASSED_HEADERS = frozenset({"Content-Type", "Cache-Control", "X-Stream-Name", "Retry-After"})
+STALE_HEADER = "X-Stream-Stale"  # on a stale stream's 503: seconds without video
 
 
 class Forwarder:
@@ -78,6 +91,48 @@ class Forwarder:
         self.node.stats["forwards_ok" if status < 400 else "forwards_refused"] += 1
         return status, answer_headers, data
 
+    async def stream(self, peer: Peer, request: web.Request) -> web.StreamResponse:
+        """A live answer (MJPEG) of the node that holds the stream, passed on as it comes.
+
+        The viewer's pace reaches the holder through the two connections' flow control, so a
+        slow viewer skips frames there as it would if it were connected there. Either side
+        leaving ends both."""
+        target = request.raw_path
+        headers = sign(self.secret, self.node.id, peer.id, "GET", target, b"")
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=STREAM_READ_TIMEOUT_S
+        )
+        try:
+            upstream = await self.session.get(
+                URL(peer.url + target, encoded=True), headers=headers, timeout=timeout
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.node.stats["forwards_unreachable"] += 1
+            log.warning(
+                "cluster: node %s (%s) did not answer GET %s: %r",
+                peer.id,
+                peer.url,
+                mask_credentials(unquote(target)),
+                exc,
+            )
+            raise Unavailable(
+                f"node {peer.id} ({peer.url}), which holds this stream, does not answer"
+            ) from None
+        async with upstream:
+            kept = {k: v for k, v in upstream.headers.items() if k in PASSED_HEADERS}
+            if upstream.status != 200:  # refused before any part: the holder's answer as is
+                self.node.stats["forwards_refused"] += 1
+                return web.Response(
+                    status=upstream.status, body=await upstream.read(), headers=kept
+                )
+            self.node.stats["forwards_ok"] += 1
+            answer = web.StreamResponse(headers=kept)
+            await answer.prepare(request)
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError, TimeoutError):
+                async for chunk in upstream.content.iter_any():
+                    await answer.write(chunk)
+            return answer
+
     async def snapshot(self, peer: Peer, name: str, request: SnapshotRequest) -> Snapshot:
         """The picture of ``name`` from the node that holds it, as the image GET serves it."""
         query = {
@@ -87,12 +142,20 @@ class Forwarder:
         }
         if request.format != "png":
             query["quality"] = str(request.quality)
+        if request.fit != "fill":
+            query["fit"] = request.fit
+        if request.crop is not None:
+            query["crop"] = ",".join(map(str, request.crop))
+        if request.at is not None:
+            query["at"] = str(request.at)
+        if request.stale_ok:
+            query["stale"] = "ok"
         target = f"/streams/{quote(name, safe='')}/snapshot.{EXTENSIONS[request.format]}"
         if query:
             target += "?" + urlencode(query)
         status, headers, data = await self.request(peer, "GET", target)
         if status != 200:
-            raise _failure(status, data, peer)
+            raise _failure(status, data, peer, headers)
         try:
             with Image.open(io.BytesIO(data)) as img:  # the header only: width and height
                 width, height = img.size
@@ -111,6 +174,7 @@ class Forwarder:
             frame_index=_int(headers.get("X-Frame-Index"), -1),
             frames_behind=_int(headers.get("X-Frames-Behind"), 0),
             taken_ms=_int(headers.get("X-Snapshot-Timestamp"), 0),
+            frame_ms=_int(headers.get("X-Frame-Timestamp"), -1),
         )
 
 
@@ -121,7 +185,7 @@ def _int(text: str | None, default: int) -> int:
         return default
 
 
-def _failure(status: int, body: bytes, peer: Peer) -> Exception:
+def _failure(status: int, body: bytes, peer: Peer, headers: dict[str, str]) -> Exception:
     """The error a node answered, as the same error here."""
     try:
         message = str(json.loads(body).get("message", ""))
@@ -129,6 +193,10 @@ def _failure(status: int, body: bytes, peer: Peer) -> Exception:
         message = ""
     if status == 404:
         return StreamNotFound(message or "stream not found")
+    if status == 410:
+        return NotInHistory(message, -1)
+    if status == 503 and STALE_HEADER in headers:  # the stream, not the node, is the trouble
+        return StreamStale(message, float(_int(headers[STALE_HEADER], 0)))
     if status in (429, 503):
         return Unavailable(message or f"node {peer.id} is busy")
     if status == 500:

@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 
 from ...core import hosts
@@ -39,6 +39,7 @@ from .urls import (
 log = logging.getLogger(__name__)
 
 PLACEMENT_PERIOD_S = 0.5
+MAX_REMEMBERED = 1024  # sources remembered as needing NUT
 
 
 class PullPlugin:
@@ -53,8 +54,17 @@ class PullPlugin:
         self.configured: dict[str, tuple[SourceUrl, str]] = {}  # [[pull.cameras]], [[pull.sources]]
         self.standby: dict[str, Pull] = {}  # pulled, waiting for their name to be handed over
         self.taken_over = 0  # standby pulls that got their name: sources moved here
+        # sources whose codec FLV cannot carry (by public URL): their next pulls ask for NUT
+        # at once instead of learning it again from a failed start
+        self.nut_sources: OrderedDict[str, None] = OrderedDict()
         self.allowed = hosts.HostAllowList(settings.allowed_hosts, ALLOWED_HOSTS)
         self.credentials = [CredentialRule.parse(i, e) for i, e in enumerate(settings.credentials)]
+
+    def remember_nut(self, source: str) -> None:
+        self.nut_sources[source] = None
+        self.nut_sources.move_to_end(source)
+        while len(self.nut_sources) > MAX_REMEMBERED:
+            self.nut_sources.popitem(last=False)
 
     def children(self) -> list[tuple[str, int, dict[str, int]]]:
         """``(stream name, FFmpeg starts, exits by kind)`` of every pull (read by /metrics)."""

@@ -1,5 +1,6 @@
 """One pulled source: its stream and the supervised FFmpeg child that feeds it (``-c copy``
-into FLV on a pipe, read back into the stream's frame store)."""
+into FLV on a pipe, read back into the stream's frame store; NUT for the codecs FLV cannot
+carry, such as MJPEG and MPEG-4 Part 2)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import ffmpeg  # ffmpeg-python: builds the command line
 
-from ...core import flv, hosts
+from ...core import flv, hosts, nut
 from ...core.app import App
 from ...core.errors import SnapshotError
 from ...core.supervisor import ChildExit, FfmpegSupervisor, SupervisorPolicy, mask_credentials
@@ -86,6 +87,8 @@ class Pull:
         if url.username is not None:
             self.stream.check_name = self._check_name
         self.frames_seen = False
+        # the pipe format: FLV until FFmpeg says it cannot carry the codec, then NUT
+        self.container = "nut" if url.public in plugin.nut_sources else "flv"
         self.started_ms = int(time.time() * 1000)
 
     @property
@@ -122,16 +125,10 @@ class Pull:
 
     def build_argv(self) -> list[str]:
         source = ffmpeg.input(self.source_url(), **self.input_options())
-        out = source.output(
-            "pipe:1",
-            format="flv",
-            c="copy",
-            an=None,
-            dn=None,
-            sn=None,
-            flvflags="no_duration_filesize",
-            flush_packets=1,
-        )
+        options: dict[str, Any] = {"format": self.container, "c": "copy", "flush_packets": 1}
+        if self.container == "flv":
+            options["flvflags"] = "no_duration_filesize"
+        out = source.output("pipe:1", an=None, dn=None, sn=None, **options)
         # global options first: FFmpeg ignores options after the last output
         return [
             self.plugin.ffmpeg,
@@ -143,26 +140,55 @@ class Pull:
         ]
 
     async def consume(self, stdout: asyncio.StreamReader) -> None:
-        stream = self.stream
+        if self.container == "nut":
+            await nut.read_packets(stdout, self._nut_codec, self._nut_packet, self.name)
+            return
         async for tag_type, ts, data in flv.read_tags(stdout):
             self.supervisor.progress()
             if tag_type != 9 or not data:
                 continue
-            flv.ingest_video(self.app, stream, data, ts)
-            if stream.status != "PUBLISHING" and stream.frames.decodable:
-                stream.status = "PUBLISHING"
-                stream.failure = ""
-                stream.faults.pop("pull", None)
-                self.frames_seen = True
-                log.info(
-                    "stream %s: receiving video from %s (%s)",
-                    stream.name,
-                    self.url.public,
-                    stream.frames.codec_name,
-                )
+            flv.ingest_video(self.app, self.stream, data, ts)
+            self._check_receiving()
+
+    def _nut_codec(self, codec: str, extradata: bytes | None, width: int, height: int) -> None:
+        self.supervisor.progress()
+        self.stream.frames.set_codec(codec, extradata)
+
+    def _nut_packet(self, packet: nut.Packet) -> None:
+        self.supervisor.progress()
+        handle = self.stream.frames.push_packet(
+            packet.data, packet.pts, packet.keyframe, packet.dts
+        )
+        if handle is not None:
+            self.app.frame(self.stream, handle)
+        self._check_receiving()
+
+    def _check_receiving(self) -> None:
+        stream = self.stream
+        if stream.status != "PUBLISHING" and stream.frames.decodable:
+            stream.status = "PUBLISHING"
+            stream.failure = ""
+            stream.faults.pop("pull", None)
+            self.frames_seen = True
+            log.info(
+                "stream %s: receiving video from %s (%s)",
+                stream.name,
+                self.url.public,
+                stream.frames.codec_name,
+            )
 
     def on_exit(self, result: ChildExit) -> None:
         stream = self.stream
+        if result.kind == "container" and self.container == "flv":
+            # FLV cannot carry this codec (FFmpeg named it): the next start asks for NUT
+            self.container = "nut"
+            self.plugin.remember_nut(self.url.public)
+            log.info(
+                "stream %s: %s; reading the camera through NUT instead of FLV",
+                stream.name,
+                result.detail or result.message,
+            )
+            return
         stream.frames.reset()  # no stale picture: snapshots wait for the source again
         if self.target.trusted:
             stream.faults["pull"] = (
