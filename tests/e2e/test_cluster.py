@@ -449,19 +449,34 @@ async def test_mjpeg_history_staleness_and_save_answered_by_any_node(cluster, tm
     from tests.e2e.test_mjpeg import Viewer
     from tests.helpers.media import ffmpeg_counter, read_counter
 
-    holder, other = cluster(2, streams={"history_s": 10, "stale_after_s": 1.5})
+    holder, other = cluster(
+        2, streams={"history_s": 10, "stale_after_s": 1.5}, mjpeg={"max_viewers_per_ip": 1}
+    )
     pub = ffmpeg_counter(holder.rtmp_url("far"), 640, 360, gop=30)
     try:
         holder.wait_stream("far", frames=30)
         wait_for(lambda: find(other, "far"), 10, "far seen from the other node")
         # MJPEG passed on from the holder as it comes: the counter advances
+        url = f"{other.http}/streams/far/stream.mjpeg?fps=10"
+
+        def client(source: str) -> aiohttp.ClientSession:
+            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0)))
+
         async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"{other.http}/streams/far/stream.mjpeg?fps=10") as resp,
+            client("127.0.0.2") as session,
+            session.get(url) as resp,
+            client("127.0.0.3") as session3,
+            session3.get(url) as resp3,
         ):
             assert resp.status == 200
             assert resp.headers["Content-Type"].startswith("multipart/x-mixed-replace")
             parts = await Viewer(resp).parts(4)
+            # each viewer is counted as itself ([mjpeg] max_viewers_per_ip = 1), on the node
+            # it came to and on the holder, not as the node that passed it on
+            assert resp3.status == 200 and len(await Viewer(resp3).parts(2)) == 2
+            async with client("127.0.0.2") as again, again.get(url) as refused:
+                assert refused.status == 429
+                assert "max_viewers_per_ip" in (await refused.json())["message"]
         shown = [read_counter(data) for _, data in parts]
         assert shown == sorted(set(shown)) and pub.sent - shown[-1] <= 15, (shown, pub.sent)
         assert all(int(h["X-Frame-Timestamp"]) > 0 for h, _ in parts)

@@ -141,10 +141,11 @@ def test_a_picture_of_the_past_from_the_history(make_server):
         # bad instants
         assert get_png(srv, "door1", "?at=yesterday")[0] == 400
         assert get_png(srv, "door1", f"?at={now_ms() + 60_000}")[0] == 400
-        status, body, _ = srv.request(
-            "POST", "/rest-api/stream/snapshot", {"streamName": "door1", "at": "soon"}
-        )
-        assert status == 400 and "'at'" in json.loads(body)["message"]
+        for bad in ("soon", [], {}, 1.5, True):
+            status, body, _ = srv.request(
+                "POST", "/rest-api/stream/snapshot", {"streamName": "door1", "at": bad}
+            )
+            assert status == 400 and "'at'" in json.loads(body)["message"], (bad, body)
     finally:
         for pub in (door, other, tiny):
             pub.stop()

@@ -30,7 +30,7 @@ def srv(tmp_path_factory) -> Iterator[ServerProcess]:
     config = write_config(
         folder / "streamsnap.toml",
         server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
-        mjpeg={"max_viewers": 2, "max_viewers_per_ip": 1},
+        mjpeg={"max_viewers": 2, "max_viewers_per_ip": 1, "stalled_viewer_s": 6},
     )
     server = ServerProcess(config, cwd=folder).start()
     yield server
@@ -212,6 +212,23 @@ async def test_a_slow_viewer_gets_fresh_frames_not_a_backlog(idle, cam):
     assert during["streamsnap_mjpeg_buffered_bytes"] <= 2.5 * size
     assert grown < 20_000  # kB: no queue grows while the viewer does not read
     assert skipped >= 25
+
+
+async def test_a_viewer_that_takes_nothing_is_let_go_and_its_slot_freed(idle, cam):
+    before = metrics(idle)["streamsnap_mjpeg_viewers_stalled_total"]
+    async with viewer(idle, "?fps=10", rcvbuf=4096) as v:
+        await v.parts(2)
+        # reads nothing for longer than [mjpeg] stalled_viewer_s = 6
+        wait_for(
+            lambda: metrics(idle)["streamsnap_mjpeg_viewers_stalled_total"] == before + 1,
+            12,
+            "the stalled viewer to be let go",
+        )
+        assert metrics(idle)["streamsnap_mjpeg_viewers"] == 0
+        assert "took nothing for 6 s ([mjpeg] stalled_viewer_s): let go" in idle.log
+        # its slot is free again (max_viewers_per_ip = 1): the same address is let in
+        async with viewer(idle, "?fps=10") as again:
+            assert len(await again.parts(2)) == 2
 
 
 async def test_size_fit_and_crop_apply_to_the_parts(idle):

@@ -329,3 +329,16 @@ def test_jpeg_size_from_the_frame_header():
     assert jpeg.size(b"\xff\xd8\xff\xda\x00\x02") is None  # scan before any frame header
     assert jpeg.size(b"\xff\xd8\xff\xc0\x00") is None  # cut short
     assert jpeg.size(b"\x89PNG\r\n") is None
+
+
+def test_a_jpeg_without_huffman_tables_is_not_served_as_it_is():
+    from streamsnap.core import jpeg
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(buf, "JPEG")
+    data = buf.getvalue()
+    pos = data.index(b"\xff\xc4")  # drop every DHT segment, as AVI1 MJPEG does
+    while data[pos : pos + 2] == b"\xff\xc4":
+        data = data[:pos] + data[pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big") :]
+    assert b"\xff\xc4" not in data[: data.index(b"\xff\xda")]
+    assert jpeg.size(data) is None

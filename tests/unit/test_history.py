@@ -88,8 +88,17 @@ def test_the_picture_of_an_instant_is_the_newest_frame_received_by_then(bframe_t
     with pytest.raises(OutOfHistory) as exc:
         store.picture_at(arrivals[0][0] - 1)
     assert exc.value.oldest_ms == arrivals[0][0]
-    # the live decoder keeps its place
-    assert store.decode_latest() is not None
+    # the live decoder keeps its place: a decode of the past opens one of its own
+    live = store.decode_latest()
+    assert live is not None
+    place = (store._dec_gop, store._dec_pos, store.decode_passes)
+    store.picture_at(arrivals[10][0])
+    assert (store._dec_gop, store._dec_pos, store.decode_passes) == place
+    assert store.decode_latest() is live  # nothing to catch up on: the same picture
+    # the instant's frame, without decoding, for sharing one picture between requests
+    at, _ = arrivals[40]
+    gop_id, index = store.instant_of(at)
+    assert store.picture_at(at).gop == gop_id and index == 40
 
 
 def test_a_store_without_history_holds_its_current_group_only(bframe_tags):
@@ -101,7 +110,7 @@ def test_a_store_without_history_holds_its_current_group_only(bframe_tags):
         elif v.kind == CODED_FRAMES:
             store.push_packet(v.data, tag.timestamp + v.cts, v.keyframe, tag.timestamp)
     assert not store.history.gops
-    oldest = store.oldest_ms()
-    assert oldest is not None and store.picture_at(oldest).index >= 90  # its GOP: 90-94
-    with pytest.raises(OutOfHistory):
-        store.picture_at(oldest - 1)
+    with pytest.raises(OutOfHistory) as exc:
+        store.picture_at(0)
+    oldest = exc.value.oldest_ms  # the current keyframe group's first frame arrived then
+    assert store.instant_of(oldest)[1] >= 90 and store.picture_at(oldest).index >= 90

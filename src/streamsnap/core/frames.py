@@ -150,20 +150,21 @@ class FrameStore:
                 self.stream_name,
                 codec_name,
             )
-        self.codec_name = codec_name
-        self._extradata = extradata
-        self.decoder = decoder_name(codec_name) or ""
-        self.codec_error = "" if self.decoder else f"no decoder for video codec {codec_name!r}"
+        decoder = decoder_name(codec_name) or ""
+        self.codec_error = "" if decoder else f"no decoder for video codec {codec_name!r}"
         if self.codec_error:
             log.error("stream %s: %s: no snapshots", self.stream_name, self.codec_error)
         self._h264_length = 0  # H.264: the NAL length size of in-band SPS to rewrite
+        decoder_extradata = extradata
         if codec_name == "h264" and extradata:
             # the decoder then returns each I/P picture as soon as it is decoded (h264.py)
-            self._decoder_extradata: bytes | None = h264.no_reorder_avcc(extradata)
+            decoder_extradata = h264.no_reorder_avcc(extradata)
             self._h264_length = h264.avcc_length_size(extradata)
-        else:
-            self._decoder_extradata = extradata
-        with self._state:
+        with self._state:  # a decode of the past reads the decoder and its packets together
+            self.codec_name = codec_name
+            self._extradata = extradata
+            self.decoder = decoder
+            self._decoder_extradata: bytes | None = decoder_extradata
             self._gop = []
             self._gop_bytes = 0
             self._gop_id += 1
@@ -189,6 +190,8 @@ class FrameStore:
         now = self.last_arrival = time.monotonic()
         arrival = int(time.time() * 1000)
         self._recent.append((now, size))
+        if self.codec_error and self.decoder:
+            self.codec_error = ""  # a stray tag of an unknown codec on a stream we decode
         if keyframe:
             if self._h264_length:
                 data = h264.no_reorder_access_unit(data, self._h264_length)
@@ -248,6 +251,8 @@ class FrameStore:
             self._latest = None
             self._seen = (-1, 0)
             self.history.clear()
+        self.codec_error = self.last_decode_error = ""  # the source comes again, perhaps mended
+        self.last_arrival = 0.0
         self._release_decoder()
         for fut in self._waiters:
             if not fut.done():
@@ -425,11 +430,34 @@ class FrameStore:
         with self._state:
             return (self._gop_id, self._gop[-1]) if self._gop else None
 
-    def oldest_ms(self) -> int | None:
-        """The oldest instant a picture can be shown for (Unix ms), None without packets."""
+    def _past(self) -> list[tuple[int, list[_Packet]]]:
+        """Every keyframe group held, oldest first (the current one a copy): under ``_state``."""
+        groups = [(gop_id, packets) for gop_id, packets, _ in self.history.gops]
+        groups.append((self._gop_id, self._gop[:]))
+        return groups
+
+    def _find(self, groups: list[tuple[int, list[_Packet]]], at_ms: int) -> tuple:
+        found = history.find(groups, at_ms)
+        if found is None:
+            oldest = next((packets[0].arrival for _, packets in groups if packets), None)
+            if oldest is None:
+                raise OutOfHistory("no frame is held", -1)
+            raise OutOfHistory(f"the oldest instant held is {oldest}", oldest)
+        return found
+
+    def instant_of(self, at_ms: int) -> tuple[int, int]:
+        """``(GOP id, frame index)`` of the frame shown at ``at_ms``: cheap (no decode), for
+        sharing one picture of the past between the requests for it. Raises
+        :class:`OutOfHistory`."""
+        if self.decodes_itself:
+            latest = self._latest
+            if latest is not None and latest.arrival <= at_ms:
+                return latest.gop, latest.index
+            oldest = latest.arrival if latest is not None else -1
+            raise OutOfHistory(f"the oldest instant held is {oldest}", oldest)
         with self._state:
-            groups = [packets for _, packets, _ in self.history.gops] + [self._gop]
-        return next((packets[0].arrival for packets in groups if packets), None)
+            gop_id, packets = self._find(self._past(), at_ms)
+        return gop_id, packets[-1].index
 
     def picture_at(self, at_ms: int) -> Picture:
         """The picture shown at the instant ``at_ms`` (Unix ms): the newest frame in display
@@ -443,18 +471,12 @@ class FrameStore:
                 return latest
             oldest = latest.arrival if latest is not None else -1
             raise OutOfHistory(f"the oldest instant held is {oldest}", oldest)
-        with self._state:
-            groups = [(gop_id, packets) for gop_id, packets, _ in self.history.gops]
-            groups.append((self._gop_id, self._gop[:]))
-            epoch = self._epoch
-        found = history.find(groups, at_ms)
-        if found is None:
-            oldest = next((packets[0].arrival for _, packets in groups if packets), None)
-            if oldest is None:
-                raise OutOfHistory("no frame is held", -1)
-            raise OutOfHistory(f"the oldest instant held is {oldest}", oldest)
-        gop_id, packets = found
-        decoder = self._open_decoder()
+        with self._state:  # the packets, and the decoder they were received for
+            groups = self._past()
+            epoch, codec_gen = self._epoch, self._codec_gen
+            decoder_name, extradata = self.decoder, self._decoder_extradata
+        gop_id, packets = self._find(groups, at_ms)
+        decoder = self._open_decoder(decoder_name, extradata)
         if decoder is None:
             raise OutOfHistory(self.codec_error or "no decoder", -1)
         wanted = max(range(len(packets)), key=lambda i: packets[i].pts)
@@ -469,7 +491,7 @@ class FrameStore:
         with contextlib.suppress(av.FFmpegError):
             for frame in decoder.decode(None):
                 best = self._better(best, frame, index_of, gop_id, packets)
-        if best is None or self._epoch != epoch:
+        if best is None or (self._epoch, self._codec_gen) != (epoch, codec_gen):
             raise OutOfHistory("the frame of that instant could not be decoded", -1)
         return best
 
@@ -488,16 +510,22 @@ class FrameStore:
         same_gop = gop_id == self._gop_id
         return sum(1 for pkt in gop if pkt.index < limit and (not same_gop or pkt.pts > pts))
 
-    def _open_decoder(self) -> av.CodecContext | None:
-        if not self.decoder:
+    def _open_decoder(
+        self, name: str | None = None, extradata: bytes | None = None
+    ) -> av.CodecContext | None:
+        """A decoder for the stream's codec (or ``name`` with ``extradata``, as read under
+        ``_state`` together with the packets it will decode)."""
+        if name is None:
+            name, extradata = self.decoder, self._decoder_extradata
+        if not name:
             return None  # set_codec logged it, codec_error says it
         try:
-            ctx = av.CodecContext.create(self.decoder, "r")
+            ctx = av.CodecContext.create(name, "r")
         except (av.FFmpegError, ValueError) as exc:
-            log.error("stream %s: no decoder %r: %s", self.stream_name, self.decoder, exc)
+            log.error("stream %s: no decoder %r: %s", self.stream_name, name, exc)
             return None
-        if self._decoder_extradata:
-            ctx.extradata = self._decoder_extradata
+        if extradata:
+            ctx.extradata = extradata
         ctx.thread_count = 1  # one core per stream at most; the pool spreads streams over cores
         ctx.thread_type = "NONE"
         return ctx

@@ -110,6 +110,14 @@ class BadRequest(Exception):
 
 
 RAW_BODY: web.RequestKey[bytes] = web.RequestKey("streamsnap_raw_body", bytes)
+# the client a request is made for, when a plugin proved it was passed on for one (another
+# node of a cluster); per-client limits count that client, not the node that passed it on
+CLIENT: web.RequestKey[str] = web.RequestKey("streamsnap_client", str)
+
+
+def client_address(request: web.Request) -> str:
+    """The address of the client the request is made for (:data:`CLIENT`, else the peer)."""
+    return request.get(CLIENT) or request.remote or ""
 
 
 async def read_body(request: web.Request) -> bytes:

@@ -9,10 +9,14 @@ _STANDALONE = frozenset(range(0xD0, 0xD9)) | {0x01}  # RSTn, SOI, TEM: no length
 
 
 def size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` of the JPEG ``data``, or None if it is not a well-formed JPEG."""
+    """``(width, height)`` of the JPEG ``data``, or None if it is not a well-formed JPEG that
+    any viewer shows: one without Huffman tables (the "AVI1" MJPEG of USB cameras, which
+    leaves out the standard tables) is None too, and gets decoded and encoded instead."""
     if data[:2] != b"\xff\xd8":
         return None
     pos, end = 2, len(data)
+    found: tuple[int, int] | None = None
+    tables = False
     while pos + 4 <= end:
         if data[pos] != 0xFF:
             return None
@@ -31,8 +35,12 @@ def size(data: bytes) -> tuple[int, int] | None:
                 return None
             height = int.from_bytes(data[pos + 5 : pos + 7], "big")
             width = int.from_bytes(data[pos + 7 : pos + 9], "big")
-            return (width, height) if width and height else None
-        if marker == 0xDA:  # start of scan before any frame header
-            return None
+            if not (width and height):
+                return None
+            found = width, height
+        elif marker == 0xC4:  # DHT
+            tables = True
+        elif marker == 0xDA:  # start of scan: the headers are over
+            return found if tables else None
         pos += 2 + length
     return None

@@ -68,15 +68,19 @@ class _Feed:
                     return  # the demuxer gave up: nothing reads this any more
                 await asyncio.sleep(0.005)
 
-    def close(self) -> None:
-        """End of input: the demuxer's next read returns b"" (never blocks the caller)."""
+    def close(self, drop: bool) -> None:
+        """End of input: the demuxer reads what is queued, then b"" (``drop``: what is queued
+        is not wanted any more, the next read ends). Never blocks the caller."""
         while True:
+            if drop:
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        self._chunks.get_nowait()
             try:
                 self._chunks.put_nowait(None)
                 return
             except queue.Full:
-                with contextlib.suppress(queue.Empty):
-                    self._chunks.get_nowait()  # what is left is not wanted any more
+                drop = True  # the demuxer is gone or behind: what is left will not be read
 
 
 def _ms(value: int | None, time_base: object) -> int | None:
@@ -85,16 +89,22 @@ def _ms(value: int | None, time_base: object) -> int | None:
 
 async def read_packets(
     reader: asyncio.StreamReader,
-    on_codec: Callable[[str, bytes | None, int, int], None],
+    on_codec: Callable[[str, bytes | None], None],
     on_packet: Callable[[Packet], None],
     name: str,
 ) -> None:
-    """Demux the NUT byte stream on ``reader`` until it ends: ``on_codec(decoder name,
-    extradata, width, height)`` once, then ``on_packet`` for every video packet, both called on
-    the event loop. Raises ``ValueError`` when the stream is not NUT or holds no video."""
+    """Demux the NUT byte stream on ``reader`` until it ends: ``on_codec(codec name,
+    extradata)`` once (the name "" when nothing here decodes it), then ``on_packet`` for every
+    video packet, both called on the event loop and never after this returns (or is
+    cancelled). Raises ``ValueError`` when the stream is not NUT or holds no video."""
     loop = asyncio.get_running_loop()
     feed = _Feed()
     done: asyncio.Future[None] = loop.create_future()
+    stopped = threading.Event()  # set when this returns: nothing more is delivered
+
+    def deliver(callback: Callable[..., None], *args: object) -> None:  # on the event loop
+        if not stopped.is_set():
+            callback(*args)
 
     def finish(exc: BaseException | None) -> None:
         if not done.done():
@@ -103,10 +113,17 @@ async def read_packets(
             else:
                 done.set_exception(exc)
 
+    def post(callback: Callable[..., None], *args: object) -> None:  # on the demuxer thread
+        if stopped.is_set():
+            raise _Stopped
+        loop.call_soon_threadsafe(deliver, callback, *args)
+
     def demux() -> None:
         error: BaseException | None = None
         try:
-            _demux(feed, loop, on_codec, on_packet)
+            _demux(feed, post, on_codec, on_packet)
+        except _Stopped:
+            pass
         except BaseException as exc:  # handed to the event loop, which decides what it means
             error = exc
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
@@ -120,18 +137,27 @@ async def read_packets(
             if not chunk:
                 break
             await feed.put(chunk, thread.is_alive)
-    finally:
-        feed.close()
+    except BaseException:
+        stopped.set()  # cancelled (the child is gone): no packet of it may come after
+        feed.close(drop=True)
+        raise
+    feed.close(drop=False)
     try:
-        await done
+        await done  # the end of input reaches the demuxer: it delivers what it still holds
     except av.FFmpegError as exc:
         raise ValueError(f"not a NUT stream FFmpeg could read: {exc}") from None
+    finally:
+        stopped.set()
+
+
+class _Stopped(Exception):
+    """The reader is gone: the demuxer thread stops."""
 
 
 def _demux(
     feed: _Feed,
-    loop: asyncio.AbstractEventLoop,
-    on_codec: Callable[[str, bytes | None, int, int], None],
+    post: Callable[..., None],
+    on_codec: Callable[[str, bytes | None], None],
     on_packet: Callable[[Packet], None],
 ) -> None:
     # the NUT header declares every stream: no probing of packets is needed to start
@@ -140,8 +166,10 @@ def _demux(
             raise ValueError("no video stream in the source")
         stream = box.streams.video[0]
         ctx = stream.codec_context
-        extradata = bytes(ctx.extradata) if ctx.extradata else None
-        loop.call_soon_threadsafe(on_codec, ctx.name, extradata, ctx.width, ctx.height)
+        if ctx is None:  # PyAV's FFmpeg has no decoder for it: named by the caller
+            post(on_codec, "", None)
+        else:  # the codec's name ("av1"), not its decoder's ("libdav1d")
+            post(on_codec, ctx.codec.canonical_name, bytes(ctx.extradata or b"") or None)
         time_base = stream.time_base
         for packet in box.demux(stream):
             if not packet.size:
@@ -152,6 +180,4 @@ def _demux(
                 continue
             pts = dts if pts is None else pts
             dts = pts if dts is None else dts
-            loop.call_soon_threadsafe(
-                on_packet, Packet(bytes(packet), pts, dts, bool(packet.is_keyframe))
-            )
+            post(on_packet, Packet(bytes(packet), pts, dts, bool(packet.is_keyframe)))

@@ -28,6 +28,7 @@ FRESHNESS_BUCKETS = (0, 1, 2, 4, 8, 16, 32)  # frames
 # pictures kept per stream, one per variant asked for (format, size, quality), least recently
 # made first out: ?width= takes thousands of values, the cache must not grow with them
 MAX_VARIANTS = 16
+PAST_AT_ONCE = 1  # pictures of past instants (?at=) decoded at once, per server
 DEFAULT_QUALITY = 85  # JPEG and WebP
 
 if TYPE_CHECKING:
@@ -83,8 +84,8 @@ class Snapshot:
     pts: int = -1
     frames_behind: int = 0  # frames newer than the one shown that had arrived when asked
     taken_ms: int = field(default_factory=lambda: int(time.time() * 1000))
-    # Unix ms of the frame shown: the source's capture time where the protocol gives it, else
-    # when the server received it (-1: unknown)
+    # Unix ms of the frame shown: when the server received it (no source gives a wall-clock
+    # capture time this far: docs/images.md); -1: unknown
     frame_ms: int = -1
     gop: int = -1  # the frame store's keyframe group of the picture
     epoch: int = -1  # the frame store's source generation (see FrameStore.reset)
@@ -134,6 +135,7 @@ class SnapshotService:
         self._cache: dict[str, dict[tuple, Snapshot]] = {}
         # media_session_id -> {request key: frames the stream had received at the last request}
         self._seen: dict[str, dict[tuple, int]] = {}
+        self._past_slots = asyncio.Semaphore(PAST_AT_ONCE)
         self.requests = 0
         self.shared = 0  # requests answered by a snapshot asked for just before (coalesce_ms)
         self.outcomes: Counter[str] = Counter()  # ok, timeout, ended, failed, cancelled
@@ -177,7 +179,7 @@ class SnapshotService:
         request: SnapshotRequest,
         is_live: Callable[[Stream], bool] | None,
     ) -> Snapshot:
-        if not request.stale_ok:
+        if not request.stale_ok and request.at is None:  # the past of a stale stream is fine
             quiet = stream.stale_for()
             if quiet:
                 raise StreamStale(
@@ -187,9 +189,10 @@ class SnapshotService:
                 )
         await self._wait_for_picture(stream, is_live)
         if request.at is not None:
-            return await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._render_at, stream, request, time.monotonic()
-            )
+            past = self._instant(stream, request.at)
+            if past is not None:
+                return await self._past_once(stream, request, past, is_live)
+            request = dataclasses.replace(request, at=None)  # the newest frame: a live picture
         seen = self._seen.setdefault(stream.media_session_id, {})
         previous = seen.get(request.key)
         _keep(seen, request.key, stream.frames.frames_in)
@@ -199,6 +202,52 @@ class SnapshotService:
         if request.client:
             snap.clients.add(request.client)
         return snap
+
+    @staticmethod
+    def _instant(stream: Stream, at: int) -> tuple[int, int] | None:
+        """``(GOP id, frame index)`` of the frame shown at ``at``; None when that is the newest
+        frame received (a live picture serves it). Raises NotInHistory."""
+        try:
+            found = stream.frames.instant_of(at)
+        except OutOfHistory as exc:
+            raise _not_in_history(stream, at, exc) from None
+        return None if found[1] >= stream.frames.newest_index else found
+
+    async def _past_once(
+        self,
+        stream: Stream,
+        request: SnapshotRequest,
+        past: tuple[int, int],
+        is_live: Callable[[Stream], bool] | None,
+    ) -> Snapshot:
+        """The picture of a past instant, rendered once for every request for the same frame
+        and variant, kept among the stream's variants, and at most ``PAST_AT_ONCE`` at a time
+        (each may decode a whole GOP: live pictures must not wait behind them)."""
+        key = (stream.media_session_id, request.key, past)
+        cached = self._cache.get(stream.media_session_id, {}).get(key[1:])
+        if cached is not None and cached.epoch == stream.frames.epoch:
+            return cached
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            async with self._past_slots:
+                snap = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._render_at, stream, request, time.monotonic()
+                )
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()
+            raise
+        else:
+            if is_live is None or is_live(stream):
+                _keep(self._cache.setdefault(stream.media_session_id, {}), key[1:], snap)
+            fut.set_result(snap)
+            return snap
+        finally:
+            del self._inflight[key]
 
     async def _render_once(
         self,
@@ -367,11 +416,7 @@ class SnapshotService:
         try:
             picture = stream.frames.picture_at(request.at)
         except OutOfHistory as exc:
-            raise NotInHistory(
-                f"stream {stream.name!r}: no picture of the instant {request.at} is held: "
-                f"{exc} ([streams] history_s = {stream.frames.history.seconds:g})",
-                exc.oldest_ms,
-            ) from None
+            raise _not_in_history(stream, request.at, exc) from None
         t1 = time.perf_counter()
         self.decode_seconds.observe(t1 - t0)
         return self._encode(stream, request, picture, epoch, 0, asked, -1, t1)
@@ -410,6 +455,14 @@ class SnapshotService:
             asked=asked,
             received=received,
         )
+
+
+def _not_in_history(stream: Stream, at: int, exc: OutOfHistory) -> NotInHistory:
+    return NotInHistory(
+        f"stream {stream.name!r}: no picture of the instant {at} is held: {exc} "
+        f"([streams] history_s = {stream.frames.history.seconds:g})",
+        exc.oldest_ms,
+    )
 
 
 def _no_picture(stream: Stream) -> str:

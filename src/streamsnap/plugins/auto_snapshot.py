@@ -169,16 +169,13 @@ class AutoSnapshotter:
             target.format = "png"
         target.frame_with(override)
         loop = asyncio.get_running_loop()
-        live = {t.folder.name for t in self.targets.values()}
+        live = self._live_folders()
         await loop.run_in_executor(self.app.io_executor, self._make_room, target.folder, live)
         existing = await loop.run_in_executor(self.app.io_executor, self._scan, target)
         target.kept.extend(existing)
         target.next_seq = (existing[-1] + 1) if existing else 1
         self.targets[stream.media_session_id] = target
-        self.folders[target.folder.name] = stream
-        self.folders.move_to_end(target.folder.name)
-        while len(self.folders) > REMEMBERED_FOLDERS:
-            self.folders.popitem(last=False)
+        self._remember(target.folder.name, stream)
         log.info(
             "stream %s: auto-snapshots every %d frames into %s (next number %d)",
             stream.name,
@@ -344,14 +341,25 @@ class AutoSnapshotter:
         target = self._target_for(stream)
         async with self._folder_lock(target.folder):  # numbers come from the folder: one at a time
             loop = asyncio.get_running_loop()
-            live = {t.folder.name for t in self.targets.values()}
+            live = self._live_folders()
             await loop.run_in_executor(self.app.io_executor, self._make_room, target.folder, live)
             existing = await loop.run_in_executor(self.app.io_executor, self._scan, target)
             target.kept.extend(existing)
             target.next_seq = (existing[-1] + 1) if existing else 1
-            self.folders[target.folder.name] = stream
-            self.folders.move_to_end(target.folder.name)
+            self._remember(target.folder.name, stream)
             return await self._save(target)
+
+    def _live_folders(self) -> set[str]:
+        """Folders of live streams (auto snapshots, or saved on request): never made room of."""
+        live = {t.folder.name for t in self.targets.values()}
+        live.update(name for name, s in self.folders.items() if self.app.is_live(s))
+        return live
+
+    def _remember(self, folder_name: str, stream: Stream) -> None:
+        self.folders[folder_name] = stream
+        self.folders.move_to_end(folder_name)
+        while len(self.folders) > REMEMBERED_FOLDERS:
+            self.folders.popitem(last=False)
 
     def announces(self, path: str, st: os.stat_result) -> bool:
         """Is the file at ``path``, as ``st`` shows it, one :meth:`save` announced itself (the
@@ -438,6 +446,15 @@ class AutoSnapshotter:
             with contextlib.suppress(FileNotFoundError):
                 target.path(old).unlink()
         return final
+
+
+def snapshot_url(app: App, path: str) -> str | None:
+    """The ``/snapshots/...`` URL of a file under ``snapshot_auto_dir``, or None."""
+    root = os.path.realpath(app.config.snapshot.snapshot_auto_dir)
+    real = os.path.realpath(path)
+    if os.path.commonpath([root, real]) != root:
+        return None
+    return "/snapshots/" + quote(os.path.relpath(real, root).replace(os.sep, "/"))
 
 
 def _mtime(entry: os.DirEntry[str]) -> float:
@@ -527,7 +544,8 @@ async def save_snapshot(request: web.Request) -> web.Response:
         message = f"cannot write the snapshot of {name!r} into {where}: {exc.strerror or exc}"
         log.error("stream %s: %s", name, message)
         return error_response(request, 500, message)
-    url = "/snapshots/" + quote(f"{path.parent.name}/{path.name}")
+    # where this client reached this server (in a cluster, the holder's advertised address)
+    url = snapshot_url(app, str(path)) or "/snapshots/" + quote(f"{path.parent.name}/{path.name}")
     return web.json_response({"file": os.path.abspath(path), "url": f"{request.url.origin()}{url}"})
 
 

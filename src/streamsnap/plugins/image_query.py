@@ -79,8 +79,8 @@ def instant(raw: Any, what: str) -> int | None:
     if raw is None or raw == "":
         return None
     try:
-        if isinstance(raw, bool | float):
-            raise ValueError
+        if not isinstance(raw, int | str) or isinstance(raw, bool):
+            raise ValueError  # 1.5, true, [], {}: not an instant
         at = int(raw)
     except ValueError:
         raise BadRequest(f"{what} = {raw!r} must be an integer (Unix time in ms)") from None

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import secrets
 import struct
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from ..core.errors import (
     StreamNotFound,
     StreamStale,
 )
-from ..core.http import FAILURES, BadRequest, error_response, failure_response
+from ..core.http import FAILURES, BadRequest, client_address, error_response, failure_response
 from ..core.snapshot import Snapshot, SnapshotRequest, age_headers
 from ..core.state import StateKey
 from ..core.streams import Stream
@@ -64,6 +65,8 @@ class MjpegSettings:
     # viewers at once, on the whole server and from one address (0: no limit)
     max_viewers: int = setting(64, minimum=0)
     max_viewers_per_ip: int = setting(8, minimum=0)
+    # a viewer that takes no part for this long while parts wait is let go, its slot freed
+    stalled_viewer_s: float = setting(15.0, minimum=1.0, maximum=3600.0)
 
     def check(self) -> None:
         if self.default_fps > self.max_fps:
@@ -122,6 +125,7 @@ class MjpegHub:
         self.encodes = 0  # pictures made for viewers: one per frame shown per variant
         self.parts_sent = 0
         self.parts_skipped = 0  # newer parts came while a viewer was still taking one
+        self.stalled = 0  # viewers let go: they took nothing for [mjpeg] stalled_viewer_s
 
     @property
     def viewers(self) -> int:
@@ -157,11 +161,14 @@ class MjpegHub:
         self.per_ip[ip] += 1
         return variant
 
-    def leave(self, variant: Variant, ip: str) -> None:
-        variant.viewers -= 1
+    def release(self, ip: str) -> None:
         self.per_ip[ip] -= 1
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
+
+    def leave(self, variant: Variant, ip: str) -> None:
+        variant.viewers -= 1
+        self.release(ip)
         if variant.viewers == 0:
             self._drop(variant)
             # not while it takes a picture: an image GET may share that encode and would see
@@ -293,16 +300,21 @@ async def stream_mjpeg(request: web.Request) -> web.StreamResponse:
     app = request.app[APP_KEY]
     hub = app.state[MJPEG]
     name = request.match_info["name"]
-    ip = request.remote or ""
+    ip = client_address(request)  # a viewer another node passed on: the viewer's own address
     try:
         fps = _fps(request, hub.settings)
         picture = image_request(request, "jpeg", source="mjpeg")
         # each part shows its own frame, never one shared from just before (coalesce_ms)
         picture = dataclasses.replace(picture, newest=True)
         if app.streams.lookup(name) is None:  # perhaps held by another node: its answer
-            answer = await app.pm.afirstresult(
-                "forward_request", app=app, request=request, body={"streamName": name}
-            )
+            hub.admit(name, ip)  # a viewer here, whoever holds the stream
+            hub.per_ip[ip] += 1
+            try:
+                answer = await app.pm.afirstresult(
+                    "forward_request", app=app, request=request, body={"streamName": name}
+                )
+            finally:
+                hub.release(ip)
             if answer is not None:
                 return answer
         stream = await _live_stream(app, name)
@@ -343,6 +355,8 @@ async def _serve(request: web.Request, hub: MjpegHub, variant: Variant) -> web.S
     hub.transports.add(transport)
     seen = 0  # the last part written
     last_size = 0
+    taken = time.monotonic()  # when the viewer last took what it was sent
+    stalled_s = hub.settings.stalled_viewer_s
     try:
         while not transport.is_closing():
             snap, seq = variant.latest, variant.seq
@@ -353,11 +367,15 @@ async def _serve(request: web.Request, hub: MjpegHub, variant: Variant) -> web.S
                 if seen:
                     hub.parts_skipped += seq - seen - 1
                 head = _part_head(boundary, snap, first=not seen)
-                await resp.write(head)
-                await resp.write(snap.data)
+                # a viewer that stops reading would hold the write (and its viewer slot)
+                # for ever: it gets stalled_s to take a part
+                await asyncio.wait_for(resp.write(head + snap.data), stalled_s)
                 hub.parts_sent += 1
                 seen, last_size = seq, len(head) + len(snap.data)
+                taken = time.monotonic()
                 continue
+            if fresh and time.monotonic() - taken > stalled_s:
+                raise TimeoutError  # parts are waiting and the viewer takes none
             if variant.ended:
                 await resp.write(b"\r\n--" + boundary + b"--\r\n")
                 await resp.write_eof()
@@ -368,6 +386,15 @@ async def _serve(request: web.Request, hub: MjpegHub, variant: Variant) -> web.S
                 await variant.changed(seen, IDLE_CHECK_S)
     except ConnectionError:  # the viewer left while a part was being written
         pass
+    except TimeoutError:
+        hub.stalled += 1
+        log.warning(
+            "stream %s: MJPEG viewer %s took nothing for %g s ([mjpeg] stalled_viewer_s): let go",
+            variant.stream.name,
+            request.remote,
+            stalled_s,
+        )
+        transport.abort()
     finally:
         hub.transports.discard(transport)
     return resp
@@ -431,6 +458,13 @@ def collect_metrics(app: App) -> list[Any]:
             "counter",
             "MJPEG parts a viewer never got: newer ones came while it was still reading.",
             [(hub.parts_skipped, None)],
+        ),
+        (
+            "streamsnap_mjpeg_viewers_stalled_total",
+            "counter",
+            "MJPEG viewers let go: they took no part for [mjpeg] stalled_viewer_s while parts "
+            "were waiting.",
+            [(hub.stalled, None)],
         ),
         (
             "streamsnap_mjpeg_buffered_bytes",

@@ -26,7 +26,7 @@ from ..core.http import Route, open_route
 from ..core.state import StateKey
 from ..core.streams import Stream
 from ..hooks import hookimpl
-from .auto_snapshot import AUTO_SNAPSHOT
+from .auto_snapshot import AUTO_SNAPSHOT, snapshot_url
 from .webrtc.settings import WebRtcSettings
 
 log = logging.getLogger(__name__)
@@ -90,15 +90,6 @@ WEB_EVENTS: StateKey[SnapshotEvents] = StateKey("web_events", SnapshotEvents)
 
 def _events(app: App) -> SnapshotEvents:
     return app.state.setdefault(WEB_EVENTS, SnapshotEvents())
-
-
-def snapshot_url(app: App, path: str) -> str | None:
-    """The ``/snapshots/...`` URL of a file under ``snapshot_auto_dir``, or None."""
-    root = os.path.realpath(app.config.snapshot.snapshot_auto_dir)
-    real = os.path.realpath(path)
-    if os.path.commonpath([root, real]) != root:
-        return None
-    return "/snapshots/" + quote(os.path.relpath(real, root).replace(os.sep, "/"))
 
 
 def _newest_file(folder: Path) -> Path | None:

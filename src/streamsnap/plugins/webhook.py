@@ -36,7 +36,7 @@ from ..core.state import StateKey
 from ..core.streams import Stream
 from ..core.supervisor import mask_credentials
 from ..hooks import hookimpl
-from .web import snapshot_url
+from .auto_snapshot import snapshot_url
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,8 @@ class Webhooks:
             {
                 "event": "snapshot",
                 "id": event_id,
-                "stream": stream.name if stream is not None else "",
+                # a pulled camera's name is its URL: no credentials or secret query values
+                "stream": mask_credentials(stream.name) if stream is not None else "",
                 "mediaSessionId": stream.media_session_id if stream is not None else "",
                 "file": os.path.abspath(path),
                 "url": self.base_url + url if url else "",

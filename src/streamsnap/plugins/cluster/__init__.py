@@ -26,13 +26,13 @@ from aiohttp import web
 
 from ...core.app import App
 from ...core.errors import NotAllowed, StreamNameInUse, Unavailable
-from ...core.http import error_response, read_body
+from ...core.http import CLIENT, client_address, error_response, read_body
 from ...core.snapshot import Snapshot, SnapshotRequest
 from ...core.state import StateKey
 from ...core.streams import MemoryRegistry, Stream
 from ...hooks import hookimpl
 from ..rest import stream_json  # the REST plugin's stream object: its public interface
-from .forward import Forwarder, merge_streams
+from .forward import CLIENT_PARAM, Forwarder, merge_streams
 from .node import UNKNOWN, Node, Peer, RegistryUnavailable
 from .placement import owner as placed_on
 from .settings import ClusterSettings
@@ -153,6 +153,9 @@ async def authenticate_request(app: App, request: web.Request) -> str | None:
         )
         raise NotAllowed(f"forwarded request refused: {exc}") from None
     FORWARDED.set(node)
+    client = request.query.get(CLIENT_PARAM)  # in the signed target: the node vouches for it
+    if client:
+        request[CLIENT] = client
     return f"node {node}"
 
 
@@ -213,7 +216,9 @@ async def forward_request(
         return None
     if request.path.endswith("/stream.mjpeg"):  # a live answer: passed on as it comes
         peer = await cluster.owner(body["streamName"])
-        return None if peer is None else await cluster.forwarder.stream(peer, request)
+        if peer is None:
+            return None
+        return await cluster.forwarder.stream(peer, request, client_address(request))
     raw = await read_body(request)
     if request.path.endswith("/find_all"):
         return await _find_all(app, cluster, request, raw)

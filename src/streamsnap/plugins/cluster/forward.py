@@ -3,6 +3,7 @@ nodes, every request signed (:mod:`.signing`), every failure a clear answer with
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -32,8 +33,11 @@ log = logging.getLogger(__name__)
 
 EXTENSIONS = {fmt: ext for ext, fmt in FORMATS.items()}
 CONNECT_TIMEOUT_S = 1.0
-# a live answer passed on from its holder ends when nothing came for this long
+# a live answer passed on from its holder ends when nothing came, or nothing was taken by the
+# viewer, for this long
 STREAM_READ_TIMEOUT_S = 60.0
+# the query parameter of a passed-on live answer that names its client (signed with the target)
+CLIENT_PARAM = "streamsnap_client"
 # the holder's headers a passed-on live answer keeps
 PASSED_HEADERS = frozenset({"Content-Type", "Cache-Control", "X-Stream-Name", "Retry-After"})
 STALE_HEADER = "X-Stream-Stale"  # on a stale stream's 503: seconds without video
@@ -47,6 +51,7 @@ class Forwarder:
             total=answer_timeout_s + CONNECT_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S
         )
         self._session: aiohttp.ClientSession | None = None
+        self._stream_session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -57,9 +62,18 @@ class Forwarder:
             )
         return self._session
 
+    @property
+    def stream_session(self) -> aiohttp.ClientSession:
+        if self._stream_session is None:  # as many as the viewers ([mjpeg] limits them)
+            self._stream_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
+            )
+        return self._stream_session
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._stream_session):
+            if session is not None:
+                await session.close()
 
     async def request(
         self, peer: Peer, method: str, target: str, body: bytes = b""
@@ -91,19 +105,22 @@ class Forwarder:
         self.node.stats["forwards_ok" if status < 400 else "forwards_refused"] += 1
         return status, answer_headers, data
 
-    async def stream(self, peer: Peer, request: web.Request) -> web.StreamResponse:
-        """A live answer (MJPEG) of the node that holds the stream, passed on as it comes.
+    async def stream(self, peer: Peer, request: web.Request, client: str) -> web.StreamResponse:
+        """A live answer (MJPEG) of the node that holds the stream, passed on as it comes, for
+        ``client`` (named in the signed target: the holder counts its limits per client).
 
         The viewer's pace reaches the holder through the two connections' flow control, so a
         slow viewer skips frames there as it would if it were connected there. Either side
-        leaving ends both."""
-        target = request.raw_path
+        leaving ends both. Long-lived: over connections of their own, never holding up the
+        pool that snapshots and finds are forwarded over."""
+        query = [(k, v) for k, v in request.query.items() if k != CLIENT_PARAM]
+        target = quote(request.path) + "?" + urlencode([*query, (CLIENT_PARAM, client)])
         headers = sign(self.secret, self.node.id, peer.id, "GET", target, b"")
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=STREAM_READ_TIMEOUT_S
         )
         try:
-            upstream = await self.session.get(
+            upstream = await self.stream_session.get(
                 URL(peer.url + target, encoded=True), headers=headers, timeout=timeout
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -130,7 +147,8 @@ class Forwarder:
             await answer.prepare(request)
             with contextlib.suppress(ConnectionError, aiohttp.ClientError, TimeoutError):
                 async for chunk in upstream.content.iter_any():
-                    await answer.write(chunk)
+                    # a viewer that takes nothing would hold this for ever
+                    await asyncio.wait_for(answer.write(chunk), STREAM_READ_TIMEOUT_S)
             return answer
 
     async def snapshot(self, peer: Peer, name: str, request: SnapshotRequest) -> Snapshot:

@@ -150,9 +150,15 @@ class Pull:
             flv.ingest_video(self.app, self.stream, data, ts)
             self._check_receiving()
 
-    def _nut_codec(self, codec: str, extradata: bytes | None, width: int, height: int) -> None:
+    def _nut_codec(self, codec: str, extradata: bytes | None) -> None:
         self.supervisor.progress()
-        self.stream.frames.set_codec(codec, extradata)
+        if codec:
+            self.stream.frames.set_codec(codec, extradata)
+        else:
+            self.stream.frames.unsupported(
+                "unsupported video codec: none of this server's decoders reads it (FFmpeg's "
+                "log of the pull names it)"
+            )
 
     def _nut_packet(self, packet: nut.Packet) -> None:
         self.supervisor.progress()
