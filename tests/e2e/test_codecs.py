@@ -33,7 +33,8 @@ def png_of(body: dict) -> bytes:
 
 @pytest.mark.parametrize(
     ("encoder", "codec"),
-    [("libx264", "h264"), ("libx265", "hevc"), ("libvpx-vp9", "vp9"), ("libsvtav1", "av1")],
+    # H.264 over RTMP: tests/e2e/test_rtmp_snapshot.py
+    [("libx265", "hevc"), ("libvpx-vp9", "vp9"), ("libsvtav1", "av1")],
 )
 def test_rtmp_publisher_codecs_give_the_current_frame(server, encoder, codec):
     name = f"cam-{codec}"

@@ -28,6 +28,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEMAND_WINDOW_S = 10.0
+# codecs whose every frame is a picture of its own: a lazy decode is one frame, never a GOP,
+# so continuous decoding would only decode the frames nobody asks for
+INTRA_ONLY = frozenset({"mjpeg"})
 ADMIT_MARGIN = 0.1  # a warm stream is admitted only while CPU is this far below the budget
 
 
@@ -61,11 +65,24 @@ class DecodePolicy:
         self._cpu_mark = (time.process_time(), time.monotonic())
         self._inflight: set[str] = set()  # media session ids with a decode running
         self.decodes = 0
+        self.watched: Counter[str] = Counter()  # live viewers (MJPEG) by media session id
 
     # ---------------------------------------------------------------- inputs
     @staticmethod
     def note_request(stream: Stream) -> None:
         stream.requests.append(time.monotonic())
+
+    def watch(self, stream: Stream, watching: bool) -> None:
+        """A live viewer (MJPEG) of ``stream`` comes (``watching``) or goes: a watched stream
+        is decoded continuously from now on, not from the next tick, so its first parts do
+        not each decode a GOP."""
+        key = stream.media_session_id
+        self.watched[key] += 1 if watching else -1
+        if self.watched[key] <= 0:
+            del self.watched[key]
+        elif not stream.frames.continuous and self.reason(stream, time.monotonic()) == "demand":
+            stream.frames.continuous = True
+            log.info("stream %s: continuous decoding (watched live)", stream.name)
 
     def measure_cpu(self) -> float:
         """CPU use since the last call, share of all cores: the whole machine where /proc/stat
@@ -93,6 +110,10 @@ class DecodePolicy:
         mode = self.config.decode
         if mode != "adaptive":
             return "fixed" if mode == "continuous" else None
+        if stream.frames.codec_name in INTRA_ONLY:
+            return None
+        if self.watched.get(stream.media_session_id):
+            return "demand"
         recent = sum(1 for t in stream.requests if now - t <= DEMAND_WINDOW_S)
         if recent / DEMAND_WINDOW_S >= self.config.decode_demand_per_s:
             return "demand"

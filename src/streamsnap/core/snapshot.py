@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections import Counter
@@ -223,31 +225,12 @@ class SnapshotService:
         """The picture of a past instant, rendered once for every request for the same frame
         and variant, kept among the stream's variants, and at most ``PAST_AT_ONCE`` at a time
         (each may decode a whole GOP: live pictures must not wait behind them)."""
-        key = (stream.media_session_id, request.key, past)
-        cached = self._cache.get(stream.media_session_id, {}).get(key[1:])
+        variant = (request.key, past)
+        cached = self._cache.get(stream.media_session_id, {}).get(variant)
         if cached is not None and cached.epoch == stream.frames.epoch:
             return cached
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        try:
-            async with self._past_slots:
-                snap = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self._render_at, stream, request, time.monotonic()
-                )
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()
-            raise
-        else:
-            if is_live is None or is_live(stream):
-                _keep(self._cache.setdefault(stream.media_session_id, {}), key[1:], snap)
-            fut.set_result(snap)
-            return snap
-        finally:
-            del self._inflight[key]
+        render = functools.partial(self._render_at, stream, request, time.monotonic())
+        return await self._once(stream, variant, render, is_live, self._past_slots)
 
     async def _render_once(
         self,
@@ -256,28 +239,38 @@ class SnapshotService:
         is_live: Callable[[Stream], bool] | None,
     ) -> Snapshot:
         """The picture for ``request``, rendered once for every request that comes meanwhile."""
-        key = (stream.media_session_id, request.key)
+        render = functools.partial(
+            self._render, stream, request, stream.frames.frames_in, time.monotonic()
+        )
+        return await self._once(stream, request.key, render, is_live)
+
+    async def _once(
+        self,
+        stream: Stream,
+        variant: tuple,
+        render: Callable[[], Snapshot],
+        is_live: Callable[[Stream], bool] | None,
+        slots: asyncio.Semaphore | None = None,
+    ) -> Snapshot:
+        """``render()`` in the worker pool, once for every caller asking for the same
+        ``variant`` of ``stream`` meanwhile (within ``slots`` if given); the picture is then
+        kept among the stream's variants."""
+        key = (stream.media_session_id, variant)
         pending = self._inflight.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
         fut: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            snap = await asyncio.get_running_loop().run_in_executor(
-                self.executor,
-                self._render,
-                stream,
-                request,
-                stream.frames.frames_in,
-                time.monotonic(),
-            )
+            async with slots or contextlib.nullcontext():
+                snap = await asyncio.get_running_loop().run_in_executor(self.executor, render)
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
             raise
         else:
             if is_live is None or is_live(stream):  # an ended stream's cache is gone for good
-                _keep(self._cache.setdefault(stream.media_session_id, {}), request.key, snap)
+                _keep(self._cache.setdefault(stream.media_session_id, {}), variant, snap)
             fut.set_result(snap)
             return snap
         finally:

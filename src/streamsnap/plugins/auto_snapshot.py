@@ -20,7 +20,7 @@ import os
 import re
 import threading
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,20 +290,11 @@ class AutoSnapshotter:
 
     def _write(self, target: Target, seq: int, data: bytes) -> None:
         """Worker thread: write ``data`` as number ``seq`` atomically, then apply retention."""
-        final = target.path(seq)
-        tmp = final.with_name(f".{final.name}.tmp")
         try:
-            target.folder.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
+            _write_atomically(target.path(seq), data)
         except OSError as exc:
             self.stats.errors += 1
             target.errors += 1
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             if not target.failing:
                 target.failing = True
                 target.stream.faults["auto_snapshot"] = (
@@ -418,22 +409,16 @@ class AutoSnapshotter:
         """Worker thread: write ``data`` as number ``seq`` atomically, remembered as announced
         before it appears under its name; then apply retention. Raises OSError."""
         final = target.path(seq)
-        tmp = final.with_name(f".{final.name}.tmp")
-        try:
-            target.folder.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-                st = os.fstat(f.fileno())
-            with self._announced_lock:  # a rename keeps mtime and size: the watcher's key
+
+        def announced(st: os.stat_result) -> None:  # a rename keeps mtime and size: the key
+            with self._announced_lock:
                 self._announced[(os.path.realpath(final), st.st_mtime_ns, st.st_size)] = None
                 while len(self._announced) > REMEMBERED_FOLDERS:
                     self._announced.popitem(last=False)
-            os.replace(tmp, final)
+
+        try:
+            _write_atomically(final, data, announced)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             if exc.filename is None:  # a failed write or fsync names no file: the answer does
                 exc.filename = str(final)
             raise
@@ -455,6 +440,28 @@ def snapshot_url(app: App, path: str) -> str | None:
     if os.path.commonpath([root, real]) != root:
         return None
     return "/snapshots/" + quote(os.path.relpath(real, root).replace(os.sep, "/"))
+
+
+def _write_atomically(
+    final: Path, data: bytes, before_rename: Callable[[os.stat_result], None] | None = None
+) -> None:
+    """Write ``data`` to ``final`` whole or not at all: a hidden temporary name, fsync, then a
+    rename (``before_rename`` sees the file's stat just before). Raises OSError."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            st = os.fstat(f.fileno())
+        if before_rename is not None:
+            before_rename(st)
+        os.replace(tmp, final)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _mtime(entry: os.DirEntry[str]) -> float:

@@ -159,6 +159,7 @@ class MjpegHub:
             variant.task = self.app.spawn(self._produce(variant), name=f"mjpeg:{stream.name}")
         variant.viewers += 1
         self.per_ip[ip] += 1
+        self.app.decoding.watch(stream, True)
         return variant
 
     def release(self, ip: str) -> None:
@@ -169,6 +170,7 @@ class MjpegHub:
     def leave(self, variant: Variant, ip: str) -> None:
         variant.viewers -= 1
         self.release(ip)
+        self.app.decoding.watch(variant.stream, False)
         if variant.viewers == 0:
             self._drop(variant)
             # not while it takes a picture: an image GET may share that encode and would see
@@ -211,7 +213,7 @@ class MjpegHub:
                         await asyncio.sleep(delay)
                         if not variant.viewers:
                             break
-                due = loop.time() + variant.interval
+                started = loop.time()
                 seen = stream.frames.newest_index
                 stream.touch()  # a pulled camera stays pulled while it is watched
                 app.decoding.note_request(stream)
@@ -232,6 +234,9 @@ class MjpegHub:
                 if last is None or (snap.frame_index, snap.epoch) != (last.frame_index, last.epoch):
                     self.encodes += 1
                     variant.publish(snap)
+                    # the rate counts parts: a frame that gave no new picture (the decoder
+                    # still holds it back for reordering) is tried again at the next one
+                    due = started + variant.interval
         finally:
             variant.end()
             self._drop(variant)
