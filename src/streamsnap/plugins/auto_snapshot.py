@@ -144,38 +144,12 @@ class AutoSnapshotter:
         return [(t.stream.name, t.errors) for t in list(self.targets.values())]
 
     async def publish(self, stream: Stream) -> None:
-        cfg = self.config
         override = self.overrides.get(stream.name, {})
-        if not override.get("enabled", cfg.snapshot_auto_enabled):
+        if not override.get("enabled", self.config.snapshot_auto_enabled):
             return
-        naming = override.get("naming", cfg.snapshot_auto_naming)
-        folder_name = safe_name(
-            stream.media_session_id if naming == "mediaSessionId" else stream.name
-        )
-        target = Target(
-            stream=stream,
-            folder=self.root / folder_name,
-            prefix=safe_name(stream.name),
-            rate=max(1, int(override.get("rate", cfg.snapshot_auto_rate))),
-            format=str(override.get("format", cfg.snapshot_auto_format)),
-            retention=max(1, int(override.get("retention", cfg.snapshot_auto_retention))),
-        )
-        if target.format not in EXTENSIONS:
-            log.error(
-                "stream %s: auto-snapshot format %r is not png, jpeg or webp; using png",
-                stream.name,
-                target.format,
-            )
-            target.format = "png"
-        target.frame_with(override)
-        loop = asyncio.get_running_loop()
-        live = self._live_folders()
-        await loop.run_in_executor(self.app.io_executor, self._make_room, target.folder, live)
-        existing = await loop.run_in_executor(self.app.io_executor, self._scan, target)
-        target.kept.extend(existing)
-        target.next_seq = (existing[-1] + 1) if existing else 1
+        target = self._target_for(stream, log_errors=True)
+        await self._open_folder(target)
         self.targets[stream.media_session_id] = target
-        self._remember(target.folder.name, stream)
         log.info(
             "stream %s: auto-snapshots every %d frames into %s (next number %d)",
             stream.name,
@@ -331,14 +305,18 @@ class AutoSnapshotter:
             return await self._save(target)
         target = self._target_for(stream)
         async with self._folder_lock(target.folder):  # numbers come from the folder: one at a time
-            loop = asyncio.get_running_loop()
-            live = self._live_folders()
-            await loop.run_in_executor(self.app.io_executor, self._make_room, target.folder, live)
-            existing = await loop.run_in_executor(self.app.io_executor, self._scan, target)
-            target.kept.extend(existing)
-            target.next_seq = (existing[-1] + 1) if existing else 1
-            self._remember(target.folder.name, stream)
+            await self._open_folder(target)
             return await self._save(target)
+
+    async def _open_folder(self, target: Target) -> None:
+        """Make room for ``target``'s folder and continue its numbering from what is on disk."""
+        loop = asyncio.get_running_loop()
+        live = self._live_folders()
+        await loop.run_in_executor(self.app.io_executor, self._make_room, target.folder, live)
+        existing = await loop.run_in_executor(self.app.io_executor, self._scan, target)
+        target.kept.extend(existing)
+        target.next_seq = (existing[-1] + 1) if existing else 1
+        self._remember(target.folder.name, target.stream)
 
     def _live_folders(self) -> set[str]:
         """Folders of live streams (auto snapshots, or saved on request): never made room of."""
@@ -358,7 +336,7 @@ class AutoSnapshotter:
         with self._announced_lock:
             return (os.path.realpath(path), st.st_mtime_ns, st.st_size) in self._announced
 
-    def _target_for(self, stream: Stream) -> Target:
+    def _target_for(self, stream: Stream, log_errors: bool = False) -> Target:
         """Where and how ``stream``'s auto snapshots would be written, on or off."""
         cfg = self.config
         override = self.overrides.get(stream.name, {})
@@ -367,6 +345,12 @@ class AutoSnapshotter:
             stream.media_session_id if naming == "mediaSessionId" else stream.name
         )
         fmt = str(override.get("format", cfg.snapshot_auto_format))
+        if fmt not in EXTENSIONS and log_errors:
+            log.error(
+                "stream %s: auto-snapshot format %r is not png, jpeg or webp; using png",
+                stream.name,
+                fmt,
+            )
         target = Target(
             stream=stream,
             folder=self.root / folder_name,
