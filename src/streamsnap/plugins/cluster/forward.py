@@ -90,20 +90,22 @@ class Forwarder:
                 data = await resp.read()
                 status, answer_headers = resp.status, dict(resp.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self.node.stats["forwards_unreachable"] += 1
-            log.warning(
-                "cluster: node %s (%s) did not answer %s %s: %r",
-                peer.id,
-                peer.url,
-                method,
-                mask_credentials(unquote(target)),
-                exc,
-            )
-            raise Unavailable(
-                f"node {peer.id} ({peer.url}), which holds this stream, does not answer"
-            ) from None
+            raise self._unreachable(peer, method, target, exc) from None
         self.node.stats["forwards_ok" if status < 400 else "forwards_refused"] += 1
         return status, answer_headers, data
+
+    def _unreachable(self, peer: Peer, method: str, target: str, exc: BaseException) -> Exception:
+        """The holder did not answer: counted, logged, and the 503 to give."""
+        self.node.stats["forwards_unreachable"] += 1
+        log.warning(
+            "cluster: node %s (%s) did not answer %s %s: %r",
+            peer.id,
+            peer.url,
+            method,
+            mask_credentials(unquote(target)),
+            exc,
+        )
+        return Unavailable(f"node {peer.id} ({peer.url}), which holds this stream, does not answer")
 
     async def stream(self, peer: Peer, request: web.Request, client: str) -> web.StreamResponse:
         """A live answer (MJPEG) of the node that holds the stream, passed on as it comes, for
@@ -124,17 +126,7 @@ class Forwarder:
                 URL(peer.url + target, encoded=True), headers=headers, timeout=timeout
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self.node.stats["forwards_unreachable"] += 1
-            log.warning(
-                "cluster: node %s (%s) did not answer GET %s: %r",
-                peer.id,
-                peer.url,
-                mask_credentials(unquote(target)),
-                exc,
-            )
-            raise Unavailable(
-                f"node {peer.id} ({peer.url}), which holds this stream, does not answer"
-            ) from None
+            raise self._unreachable(peer, "GET", target, exc) from None
         async with upstream:
             kept = {k: v for k, v in upstream.headers.items() if k in PASSED_HEADERS}
             if upstream.status != 200:  # refused before any part: the holder's answer as is
