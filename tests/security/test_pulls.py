@@ -410,6 +410,25 @@ def test_concurrent_requests_cannot_pass_max_pulls_per_ip(make_server, listener)
     assert sum(a[0] == 429 for a in answers) >= 6, [a[0] for a in answers]
 
 
+def test_requests_at_once_up_to_max_pulls_per_ip_all_pass(make_server, make_camera):
+    """A pull that started while others were still being admitted is counted once: CI saw
+    the tenth of ten pulls at once refused by a limit of 16."""
+    import concurrent.futures
+
+    cam = make_camera(size="320x240")  # an encoder per channel: shared media is slow to join
+    srv = make_server(
+        pull={"allowed_hosts": ["127.0.0.1"]},
+        limits={"max_pulls_per_ip": 6},
+        snapshot={"snapshot_taking_interval_ms": 8000},
+    )
+    urls = [cam.url(query=f"?channel={i}") for i in range(6)]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(srv.snapshot, urls))
+    assert [a[0] for a in answers] == [200] * 6, [a[1]["message"] for a in answers if a[0] != 200]
+    status, body = srv.snapshot(cam.url(query="?channel=6"))
+    assert status == 429 and "[limits] max_pulls_per_ip" in body["message"], body
+
+
 def test_same_url_asked_twice_at_once_is_one_pull(make_server, make_camera):
     import concurrent.futures
 

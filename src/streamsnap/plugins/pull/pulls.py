@@ -8,7 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import AsyncIterator
 
 from ...core import hosts
@@ -48,7 +48,8 @@ class PullPlugin:
         self.settings = settings = app.config.of(PullSettings)
         self.ffmpeg = settings.ffmpeg or _bundled_ffmpeg()
         self.cameras: dict[str, Pull] = {}  # by stream name
-        self._admitting: Counter[str] = Counter()  # pulls being admitted, by client address
+        # the names of pulls being admitted right now, by client address
+        self._admitting: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._sweeper: asyncio.Task[None] | None = None
         self._placer: asyncio.Task[None] | None = None
         self.configured: dict[str, tuple[SourceUrl, str]] = {}  # [[pull.cameras]], [[pull.sources]]
@@ -247,7 +248,7 @@ class PullPlugin:
             )
         if remote is None:
             return None
-        async with self._admission(remote):
+        async with self._admission(remote, url.public):
             target = await self.admit(url, remote)
             existing = self.running(url)  # asked for twice at once: the first one started it
             if existing is not None:
@@ -269,20 +270,25 @@ class PullPlugin:
         return "tcp" if url.scheme == "rtsp" else self.settings.transport
 
     @contextlib.asynccontextmanager
-    async def _admission(self, remote: str) -> AsyncIterator[None]:
-        """Count a pull being admitted for ``remote`` from before its DNS look-up, so that
-        requests at once cannot all pass ``[limits] max_pulls_per_ip``."""
-        self._admitting[remote] += 1
+    async def _admission(self, remote: str, name: str) -> AsyncIterator[None]:
+        """Count the pull of stream ``name`` being admitted for ``remote`` from before its DNS
+        look-up until it runs, so that requests at once cannot all pass
+        ``[limits] max_pulls_per_ip``."""
+        admitting = self._admitting[remote]
+        admitting[name] += 1
         try:
             yield
         finally:
-            self._admitting[remote] -= 1
-            if not self._admitting[remote]:
+            admitting[name] -= 1
+            if not admitting[name]:
+                del admitting[name]
+            if not admitting:
                 del self._admitting[remote]
 
-    async def admit(self, url: SourceUrl, remote: str) -> Target:
-        """May client ``remote`` have ``url`` pulled? The allow-list is checked on the address
-        the host resolves to, which FFmpeg then connects to. Raises NotAllowed or Refused."""
+    async def admit(self, url: SourceUrl, remote: str, name: str | None = None) -> Target:
+        """May client ``remote`` have ``url`` pulled (as stream ``name``, by default its public
+        URL)? The allow-list is checked on the address the host resolves to, which FFmpeg then
+        connects to. Raises NotAllowed or Refused."""
         if url.scheme == "rtsps":
             # TLS hides its answers from the relay, and FFmpeg follows their redirects anywhere
             raise NotAllowed(
@@ -290,8 +296,10 @@ class PullPlugin:
                 "list the camera in [[pull.cameras]]"
             )
         most = self.app.config.limits.max_pulls_per_ip
-        started = sum(p.target.requested_by == remote for p in self.cameras.values())
-        started += max(0, self._admitting[remote] - 1)  # others being admitted right now
+        name = name or url.public
+        # each stream once: a pull that started while still being admitted is in both
+        running = {n for n, p in self.cameras.items() if p.target.requested_by == remote}
+        started = len(running | {n for n in self._admitting.get(remote, ()) if n != name})
         if most and remote and started >= most:
             self.app.refused["max_pulls_per_ip"] += 1
             log.warning("stream %s: pull for %s refused: %d pulls", url.public, remote, started)

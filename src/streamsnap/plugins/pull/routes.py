@@ -38,8 +38,8 @@ async def rest_startup(request: web.Request) -> web.Response:
             if reason:
                 raise BadRequest(f"localStreamName: {reason}")
         remote = request.remote or ""
-        async with plugin._admission(remote):
-            target = await plugin.admit(url, remote)
+        async with plugin._admission(remote, name):
+            target = await plugin.admit(url, remote, name)
             log.info("stream %s: pull of %s started over REST by %s", name, url.public, remote)
             pull = await plugin.start_pull(
                 name,
