@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -75,6 +76,15 @@ def test_metrics_in_prometheus_text_format(server):
     assert "streamsnap_snapshot_encode_seconds_count 1" in text
     assert 'streamsnap_snapshot_frames_behind_bucket{le="+Inf"} 1' in text
     assert 'streamsnap_decode_passes_total{stream="metered"}' in text
+    samples = dict(
+        line.split(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert float(samples["process_cpu_seconds_total"]) > 0.1
+    assert float(samples["process_resident_memory_bytes"]) > 20e6
+    assert 5 < float(samples["process_open_fds"]) < float(samples["process_max_fds"])
+    assert float(samples["process_threads"]) >= 2
+    assert abs(float(samples["process_start_time_seconds"]) - time.time()) < 600
+    assert samples["streamsnap_children"] == "0"  # RTMP needs no FFmpeg child
     for line in text.splitlines():  # every sample line is NAME{labels} VALUE
         if line and not line.startswith("#"):
             assert __import__("re").fullmatch(r"[a-z_]+(\{.*\})? [0-9.e+-]+", line), line

@@ -163,6 +163,30 @@ def test_frozen_camera_is_detected_and_restarted(make_server, make_camera):
     wait_for(lambda: srv.snapshot("frozen")[0] == 200, 20, "recovery after thaw")
 
 
+def test_metrics_show_what_the_ffmpeg_children_cost(make_server, make_camera):
+    cam = make_camera(size="320x240")
+    srv = rtsp_server(make_server, cameras=[{"name": "costly", "url": cam.url()}])
+    wait_for(lambda: srv.snapshot("costly")[0] == 200, 10, "first picture")
+
+    def samples():
+        _status, raw, _ = srv.request("GET", "/metrics")
+        lines = raw.decode().splitlines()
+        return dict(line.split(" ", 1) for line in lines if line and not line.startswith("#"))
+
+    first = samples()
+    assert first["streamsnap_children"] == "1"
+    assert float(first["streamsnap_children_resident_memory_bytes"]) > 5e6
+    later = wait_for(
+        lambda: (m := samples())
+        and float(m["streamsnap_children_cpu_seconds"])
+        > float(first["streamsnap_children_cpu_seconds"])
+        and m,
+        10,
+        "the child's CPU time to grow",
+    )
+    assert float(later["process_cpu_seconds_total"]) >= float(first["process_cpu_seconds_total"])
+
+
 def test_ten_cameras_at_once(make_server, make_camera):
     cams = [make_camera(size="320x240"), make_camera(size="320x240")]
     srv = rtsp_server(make_server)

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..core import procstat
 from ..core.app import APP_KEY, App
 from ..core.stats import Histogram
 from ..hooks import hookimpl
@@ -39,6 +40,60 @@ def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _process_metrics(metric: Any, child_pids: list[int]) -> None:
+    """This process's cost under the names Prometheus client libraries use, and the cost of
+    the FFmpeg children running now (a gauge: children come and go)."""
+    own = procstat.sample()
+    if own is not None:
+        metric(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time of the server process, in seconds.",
+            [(round(own.cpu_s, 2), None)],
+        )
+        metric(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the server process.",
+            [(own.rss_bytes, None)],
+        )
+        metric("process_threads", "gauge", "Threads of the server process.", [(own.threads, None)])
+        metric(
+            "process_start_time_seconds",
+            "gauge",
+            "When the server process started, in Unix seconds.",
+            [(round(own.start_time_s, 2), None)],
+        )
+    fds = procstat.open_fds()
+    if fds is not None:
+        metric("process_open_fds", "gauge", "Open file descriptors.", [(fds, None)])
+    metric(
+        "process_max_fds",
+        "gauge",
+        "The limit of open file descriptors.",
+        [(procstat.max_fds(), None)],
+    )
+    children = [c for c in map(procstat.sample, child_pids) if c is not None]
+    metric(
+        "streamsnap_children",
+        "gauge",
+        "FFmpeg children running now.",
+        [(len(children), None)],
+    )
+    metric(
+        "streamsnap_children_cpu_seconds",
+        "gauge",
+        "CPU time of the FFmpeg children running now, in seconds (falls when one ends).",
+        [(round(sum(c.cpu_s for c in children), 2), None)],
+    )
+    metric(
+        "streamsnap_children_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the FFmpeg children running now.",
+        [(sum(c.rss_bytes for c in children), None)],
+    )
 
 
 def render(app: App) -> str:
@@ -228,6 +283,7 @@ def render(app: App) -> str:
                 for kind, n in sorted(exits.items())
             ],
         )
+    _process_metrics(metric, pulls.child_pids() if pulls is not None else [])
     metric(
         "streamsnap_streams_ended_total",
         "counter",

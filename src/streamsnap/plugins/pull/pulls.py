@@ -73,6 +73,14 @@ class PullPlugin:
             (p.name, p.supervisor.starts, dict(p.supervisor.exits)) for p in self.cameras.values()
         ]
 
+    def child_pids(self) -> list[int]:
+        """The pids of the FFmpeg children running now (their cost, read by /metrics)."""
+        return [
+            p.supervisor.pid
+            for p in [*self.cameras.values(), *self.standby.values()]
+            if p.supervisor.pid is not None and p.supervisor.state in ("starting", "running")
+        ]
+
     def with_credentials(self, url: SourceUrl, address: hosts.Address | None) -> SourceUrl:
         """``url`` with the configured credentials of its scheme, host and port, when it
         carries none of its own."""
