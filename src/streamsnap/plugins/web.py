@@ -33,16 +33,21 @@ log = logging.getLogger(__name__)
 
 PAGES = Path(__file__).resolve().parent.parent / "web"
 SDK_PACKAGE = Path("node_modules") / "@flashphoner" / "websdk"
+# flashphoner.js alone (and its license), put into the wheel by the build backend
+# (build_support/websdk_backend.py): the pages work after a pip install, the SDK's examples not
+PACKAGED_SDK = PAGES / "sdk"
 
 
 def find_sdk(configured: str) -> Path | None:
-    """The WebSDK folder: configured, or node_modules in the working or project folder."""
+    """The WebSDK folder: configured, or node_modules in the working or project folder, or the
+    flashphoner.js packaged with streamsnap."""
     candidates = (
         [Path(configured)]
         if configured
         else [
             Path.cwd() / SDK_PACKAGE,
             Path(__file__).resolve().parents[3] / SDK_PACKAGE,  # a source checkout (make install)
+            PACKAGED_SDK,
         ]
     )
     for path in candidates:
@@ -61,8 +66,20 @@ async def client_config(request: web.Request) -> web.Response:
     )
 
 
+# The console loads nothing from another host, and its pictures come as blobs of this one's
+# answers; the policy makes the browser hold it to that.
+CONSOLE_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
+
+
 async def index(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(PAGES / "index.html")
+    """The console: every live stream with a live picture, totals, add camera, terminate."""
+    return web.FileResponse(
+        PAGES / "index.html",
+        headers={"Content-Security-Policy": CONSOLE_POLICY, "Cache-Control": "no-cache"},
+    )
 
 
 async def no_sdk(request: web.Request) -> web.Response:
@@ -221,5 +238,11 @@ def register_routes(app: App) -> list[web.AbstractRouteDef | Route]:
         )
         routes.append(open_route(web.get("/sdk/{tail:.*}", no_sdk)))
     else:
+        if sdk == PACKAGED_SDK.resolve():
+            log.info(
+                "Flashphoner WebSDK: the flashphoner.js packaged with streamsnap serves the "
+                "pages; the SDK's own examples (/sdk/examples/) need `npm install "
+                "@flashphoner/websdk` in the working folder, or [webrtc] sdk_dir"
+            )
         routes.append(open_route(web.static("/sdk", sdk)))
     return routes
