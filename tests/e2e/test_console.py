@@ -243,3 +243,41 @@ def test_console_with_auth_asks_for_the_token_once(make_server, tmp_path):
         assert "wrong credentials" in srv.log
     finally:
         pub.stop()
+
+
+def test_console_of_a_cluster_shows_every_node_and_their_pictures(make_server, tmp_path):
+    from tests.helpers.redis import RedisServer, redis_available
+
+    if not redis_available():
+        pytest.skip("redis-server not installed")
+    redis = RedisServer()
+    pubs = []
+    try:
+        nodes = [
+            make_server(
+                cluster={
+                    "redis_url": redis.url,
+                    "secret": "a-shared-secret-of-the-console-test",
+                    "node_id": f"node{i}",
+                },
+                snapshot={"snapshot_taking_interval_ms": 5000},
+            )
+            for i in range(2)
+        ]
+        pubs = [
+            ffmpeg_counter(n.rtmp_url(f"cam{i}"), 640, 360, gop=30) for i, n in enumerate(nodes)
+        ]
+        for i, node in enumerate(nodes):
+            node.wait_stream(f"cam{i}", frames=10)
+        with chromium(tmp_path) as browser:
+            page = browser.new_page()
+            page.goto(nodes[0].http + "/")  # one node's console shows both nodes' streams
+            wait_rows(page, 2)
+            assert cell(page, "cam1", "node") == "node1"
+            assert page.is_visible(ROW.format("cam1") + " td.node")
+            _img, frame = thumbnail(page, "cam1")  # the other node's picture, forwarded
+            assert 0 <= pubs[1].sent - frame < 90, (pubs[1].sent, frame)
+    finally:
+        for pub in pubs:
+            pub.stop()
+        redis.stop()
