@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -123,8 +125,10 @@ def test_console_rows_thumbnails_totals_and_a_stopped_publisher(console_server, 
             pub.stop()
 
 
-def test_console_full_picture_and_downloads(console_server, tmp_path):
-    srv = console_server
+def test_console_full_picture_downloads_and_a_stale_stream(make_server, tmp_path):
+    srv = make_server(
+        streams={"stale_after_s": 1.5}, snapshot={"snapshot_taking_interval_ms": 5000}
+    )
     pub = ffmpeg_counter(srv.rtmp_url("porch"), 640, 360, gop=30)
     try:
         srv.wait_stream("porch", frames=10)
@@ -157,7 +161,22 @@ def test_console_full_picture_and_downloads(console_server, tmp_path):
             assert read_counter(jpeg) >= shown
             page.click("#viewerClose")
             assert not page.evaluate("document.getElementById('viewer').open")
+            # a publisher that stays connected but sends nothing: the row says stale, and why
+            os.kill(pub.proc.pid, signal.SIGSTOP)
+            page.wait_for_function(
+                "(s) => document.querySelector(s).classList.contains('stale')",
+                arg=ROW.format("porch"),
+                timeout=10_000,
+            )
+            assert cell(page, "porch", "faults").startswith("stale: no video for")
+            # the thumbnail stays the last picture (?stale=ok), its age badge growing
+            page.wait_for_function(
+                "(s) => document.querySelector(s + ' .thumb .age').textContent.endsWith(' s')",
+                arg=ROW.format("porch"),
+                timeout=10_000,
+            )
     finally:
+        os.kill(pub.proc.pid, signal.SIGCONT)
         pub.stop()
 
 
