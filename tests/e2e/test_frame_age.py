@@ -44,6 +44,45 @@ def test_every_image_answer_carries_the_frame_time_and_its_age(make_server):
         status, _, headers = srv.request("POST", "/rest-api/stream/snapshot", {"streamName": "age"})
         assert status == 200 and int(headers["X-Frame-Age-Ms"]) < 1000
         assert abs(int(headers["X-Frame-Timestamp"]) - now_ms()) < 1500
+        steps = server_timing(headers)  # made for it, or shared from the GET just before
+        assert "total" in steps and (
+            {"decode", "convert", "encode"} <= set(steps) or "shared" in steps
+        )
+    finally:
+        pub.stop()
+
+
+def server_timing(headers: dict[str, str]) -> dict[str, float]:
+    """``Server-Timing`` as {name: ms} (0 for a step without a duration)."""
+    steps = {}
+    for entry in headers["Server-Timing"].split(","):
+        name, *params = (p.strip() for p in entry.split(";"))
+        durations = [float(p[4:]) for p in params if p.startswith("dur=")]
+        steps[name] = durations[0] if durations else 0.0
+    return steps
+
+
+def test_server_timing_says_where_the_time_went(make_server):
+    srv = make_server(snapshot={"coalesce_ms": 1000})
+    pub = ffmpeg_counter(srv.rtmp_url("timed"), 640, 360)
+    try:
+        srv.wait_stream("timed", frames=10)
+        status, _, headers = srv.request("GET", "/streams/timed/snapshot.jpg?width=320")
+        assert status == 200
+        first = server_timing(headers)
+        assert {"decode", "convert", "encode", "total"} <= set(first), headers["Server-Timing"]
+        assert first["encode"] > 0.1 and first["convert"] > 0.1  # a 320x180 JPEG: real work
+        assert first["total"] >= first["decode"] + first["convert"] + first["encode"]
+        assert 'desc="image encoding"' in headers["Server-Timing"]
+        # asked again at once: the picture just made is shared, and says so (tried a few
+        # times: a frame that arrives in between makes a new picture)
+        for _ in range(5):
+            status, _, headers = srv.request("GET", "/streams/timed/snapshot.jpg?width=320")
+            again = server_timing(headers)
+            if "shared" in again or "cached" in again:
+                break
+        assert status == 200 and ("shared" in again or "cached" in again), again
+        assert "encode" not in again and again["total"] < first["total"] + 50
     finally:
         pub.stop()
 

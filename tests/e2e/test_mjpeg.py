@@ -148,6 +148,7 @@ async def test_parts_are_jpegs_of_the_live_frame_with_their_headers(idle, cam):
         assert headers["Content-Type"] == "image/jpeg"
         assert int(headers["Content-Length"]) == len(data)
         assert int(headers["X-Frame-Timestamp"]) > 0 and int(headers["X-Frame-Age-Ms"]) >= 0
+        assert "encode;dur=" in headers["Server-Timing"], headers
         assert Image.open(io.BytesIO(data)).size == SIZE
     shown = counters(parts)
     indexes = [int(h["X-Frame-Index"]) for h, _ in parts]

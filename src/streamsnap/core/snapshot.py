@@ -98,6 +98,9 @@ class Snapshot:
     derived: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
     # the clients answered with it since it was asked for, shared by every copy
     clients: set[str] = field(default_factory=set, repr=False, compare=False)
+    # where this answer's time went, in ms: ("decode", 4.1), ("convert", 2.0), ("encode", 6.3);
+    # a step with no time is how the picture came ("shared", "cached", "camera")
+    timing: tuple[tuple[str, float], ...] = field(default=(), repr=False, compare=False)
 
     @property
     def content_type(self) -> str:
@@ -333,9 +336,7 @@ class SnapshotService:
         behind = frames.frames_behind_of(snap.gop, snap.pts)
         self.shared += 1
         self.frames_behind.observe(behind)
-        if behind == snap.frames_behind:
-            return snap
-        return dataclasses.replace(snap, frames_behind=behind)
+        return dataclasses.replace(snap, frames_behind=behind, timing=SHARED)
 
     def _render(
         self, stream: Stream, request: SnapshotRequest, received: int, asked: float
@@ -360,9 +361,14 @@ class SnapshotService:
         if cached is not None and cached.frame_index == picture.index:
             # still the newest picture: shared again, from this request on
             return dataclasses.replace(
-                cached, frames_behind=behind, asked=asked, received=received, clients=set()
+                cached,
+                frames_behind=behind,
+                asked=asked,
+                received=received,
+                clients=set(),
+                timing=(("decode", (t1 - t0) * 1000), ("cached", 0.0)),
             )
-        return self._encode(stream, request, picture, epoch, behind, asked, received, t1)
+        return self._encode(stream, request, picture, epoch, behind, asked, received, t0, t1)
 
     def _camera_jpeg(
         self, stream: Stream, request: SnapshotRequest, epoch: int, asked: float, received: int
@@ -399,6 +405,7 @@ class SnapshotService:
             epoch=epoch,
             asked=asked,
             received=received,
+            timing=(("camera", 0.0),),
         )
 
     def _render_at(self, stream: Stream, request: SnapshotRequest, asked: float) -> Snapshot:
@@ -412,7 +419,7 @@ class SnapshotService:
             raise _not_in_history(stream, request.at, exc) from None
         t1 = time.perf_counter()
         self.decode_seconds.observe(t1 - t0)
-        return self._encode(stream, request, picture, epoch, 0, asked, -1, t1)
+        return self._encode(stream, request, picture, epoch, 0, asked, -1, t0, t1)
 
     def _encode(
         self,
@@ -423,14 +430,18 @@ class SnapshotService:
         behind: int,
         asked: float,
         received: int,
+        t0: float,
         t1: float,
     ) -> Snapshot:
-        """Worker thread: scale, frame and encode ``picture`` (decoded by ``t1``)."""
+        """Worker thread: scale, frame and encode ``picture`` (decoding began at ``t0`` and
+        ended at ``t1``)."""
         rgb = imaging.to_rgb(
             picture.frame, request.width, request.height, request.fit, request.crop
         )
+        t2 = time.perf_counter()
         data = imaging.encode(rgb, request.format, request.quality, self.config.png_encoder)
-        self.encode_seconds.observe(time.perf_counter() - t1)
+        t3 = time.perf_counter()
+        self.encode_seconds.observe(t3 - t1)
         self.encodes += 1
         return Snapshot(
             data=data,
@@ -447,6 +458,11 @@ class SnapshotService:
             epoch=epoch,
             asked=asked,
             received=received,
+            timing=(
+                ("decode", (t1 - t0) * 1000),
+                ("convert", (t2 - t1) * 1000),
+                ("encode", (t3 - t2) * 1000),
+            ),
         )
 
 
@@ -469,12 +485,40 @@ def _no_picture(stream: Stream) -> str:
     return f"stream {stream.name!r}: no decodable picture yet"
 
 
-def age_headers(snap: Snapshot, now_ms: int | None = None) -> dict[str, str]:
-    """``X-Frame-Timestamp`` (Unix ms of the frame shown) and ``X-Frame-Age-Ms`` (how old it
-    was when answered), for every image answer."""
+# a picture made for another request and given to this one too (coalescing)
+SHARED: tuple[tuple[str, float], ...] = (("shared", 0.0),)
+_TIMING_TEXT = {
+    "decode": "bringing the picture up to date",
+    "convert": "scaling and colour conversion",
+    "encode": "image encoding",
+    "shared": "the picture of a request just before",
+    "cached": "the picture already encoded",
+    "camera": "the camera's own JPEG",
+    "forward": "the answer of the node that holds the stream",
+    "total": "from the request to the picture",
+}
+
+
+def picture_headers(
+    snap: Snapshot, started: float | None = None, now_ms: int | None = None
+) -> dict[str, str]:
+    """The headers of every image answer: ``X-Frame-Timestamp`` (Unix ms of the frame shown),
+    ``X-Frame-Age-Ms`` (how old it was when answered) and ``Server-Timing`` (where the time
+    went; ``started``: when the request came, ``time.perf_counter()``)."""
     frame_ms = snap.frame_ms if snap.frame_ms >= 0 else snap.taken_ms
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    return {"X-Frame-Timestamp": str(frame_ms), "X-Frame-Age-Ms": str(max(0, now - frame_ms))}
+    headers = {"X-Frame-Timestamp": str(frame_ms), "X-Frame-Age-Ms": str(max(0, now - frame_ms))}
+    steps = list(snap.timing)
+    if started is not None:
+        steps.append(("total", (time.perf_counter() - started) * 1000))
+    if steps:
+        headers["Server-Timing"] = ", ".join(
+            f'{name};dur={ms:.2f};desc="{_TIMING_TEXT[name]}"'
+            if ms
+            else f'{name};desc="{_TIMING_TEXT[name]}"'
+            for name, ms in steps
+        )
+    return headers
 
 
 def _keep(mapping: dict[tuple, Any], key: tuple, value: Any) -> None:

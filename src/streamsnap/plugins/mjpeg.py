@@ -36,7 +36,7 @@ from ..core.errors import (
     StreamStale,
 )
 from ..core.http import FAILURES, BadRequest, client_address, error_response, failure_response
-from ..core.snapshot import Snapshot, SnapshotRequest, age_headers
+from ..core.snapshot import Snapshot, SnapshotRequest, picture_headers
 from ..core.state import StateKey
 from ..core.streams import Stream
 from ..core.supervisor import mask_credentials
@@ -281,7 +281,7 @@ def _part_head(boundary: bytes, snap: Snapshot, first: bool) -> bytes:
         "Content-Type": "image/jpeg",
         "Content-Length": str(len(snap.data)),
         "X-Frame-Index": str(snap.frame_index),
-        **age_headers(snap),
+        **picture_headers(snap),
     }
     lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     # the CRLF before a boundary belongs to the boundary: the JPEG bytes are written as they are

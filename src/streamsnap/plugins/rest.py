@@ -32,7 +32,7 @@ from ..core.http import (
     open_route,
 )
 from ..core.imaging import FORMATS
-from ..core.snapshot import Snapshot, SnapshotRequest, age_headers
+from ..core.snapshot import Snapshot, SnapshotRequest, picture_headers
 from ..core.streams import Stream
 from ..core.supervisor import mask_credentials
 from ..hooks import hookimpl
@@ -66,6 +66,7 @@ async def _snapshot(request: web.Request, name: str, req: SnapshotRequest) -> Sn
 
 async def snapshot(request: web.Request) -> web.Response:
     """``POST /rest-api/stream/snapshot {"streamName"}`` → ``{"data": "<base64 PNG>"}``."""
+    started = time.perf_counter()
     try:
         body = await json_body(request, ("streamName",))
         req = SnapshotRequest(
@@ -81,13 +82,14 @@ async def snapshot(request: web.Request) -> web.Response:
         body=snap.rest_json,
         content_type="application/json",
         charset="utf-8",
-        headers=age_headers(snap),
+        headers=picture_headers(snap, started),
     )
 
 
 async def snapshot_image(request: web.Request) -> web.StreamResponse:
     """``GET /streams/NAME/snapshot.(png|jpg|webp)[?width=&height=&quality=&fit=&crop=&at=
     &stale=ok]``: the image (docs/images.md)."""
+    started = time.perf_counter()
     name = request.match_info["name"]
     try:
         fmt = FORMATS[request.match_info["ext"]]
@@ -112,7 +114,7 @@ async def snapshot_image(request: web.Request) -> web.StreamResponse:
             "X-Frame-Index": str(snap.frame_index),
             "X-Frames-Behind": str(snap.frames_behind),
             "X-Snapshot-Timestamp": str(snap.taken_ms),
-            **age_headers(snap),
+            **picture_headers(snap, started),
         },
     )
 

@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import logging
+import time
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -163,7 +164,9 @@ class Forwarder:
         target = f"/streams/{quote(name, safe='')}/snapshot.{EXTENSIONS[request.format]}"
         if query:
             target += "?" + urlencode(query)
+        t0 = time.perf_counter()
         status, headers, data = await self.request(peer, "GET", target)
+        asked_ms = (time.perf_counter() - t0) * 1000
         if status != 200:
             raise _failure(status, data, peer, headers)
         try:
@@ -185,6 +188,7 @@ class Forwarder:
             frames_behind=_int(headers.get("X-Frames-Behind"), 0),
             taken_ms=_int(headers.get("X-Snapshot-Timestamp"), 0),
             frame_ms=_int(headers.get("X-Frame-Timestamp"), -1),
+            timing=(("forward", asked_ms),),
         )
 
 
