@@ -1,11 +1,11 @@
-# streamsnap: make install | run | test | bench
+# streamsnap: make install | run | test | bench | dist
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 CONFIG ?= conf/streamsnap.toml
 
-.PHONY: install run test test-deps lint bench clean
+.PHONY: install run test test-deps lint bench dist clean
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -35,12 +35,19 @@ test: test-deps
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff check src tests bench examples build_support
 
 bench: $(VENV)/.test-installed
 	$(PIP) install -e '.[bench]'
 	scripts/install-system-deps.sh bench
 	$(BIN)/python bench/run.py
 
+# sdist and wheel into dist/; the build backend (build_support/) puts the WebSDK's flashphoner.js
+# into both (from node_modules or the npm registry); the wheel is built from the sdist
+dist: $(VENV)/.installed
+	$(PIP) install build
+	rm -rf dist
+	$(BIN)/python -m build --no-isolation --outdir dist .
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache src/streamsnap/web/sdk

@@ -11,7 +11,7 @@ import pytest
 from streamsnap.core.config import SnapshotConfig
 from streamsnap.core.errors import SnapshotError
 from streamsnap.core.frames import FrameStore
-from streamsnap.core.snapshot import SnapshotRequest, SnapshotService, SnapshotTimeout
+from streamsnap.core.snapshot import SHARED, SnapshotRequest, SnapshotService, SnapshotTimeout
 from streamsnap.core.streams import Stream
 from tests.unit.test_frames import load
 
@@ -61,7 +61,10 @@ async def test_cached_until_a_newer_frame(service, tags):
     load(stream.frames, tags[:20])
     a = await service.take(stream)
     b = await service.take(stream)
-    assert a is b and service.encodes == 1
+    # the same picture, its encoded bytes shared, and the answer says so (Server-Timing)
+    assert a.data is b.data and service.encodes == 1
+    assert [step for step, _ in a.timing] == ["decode", "convert", "encode"]
+    assert b.timing == SHARED
     load(stream.frames, tags[20:25])
     c = await service.take(stream)
     assert c.frame_index == 23 and service.encodes == 2
