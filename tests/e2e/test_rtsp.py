@@ -177,10 +177,12 @@ def test_metrics_show_what_the_ffmpeg_children_cost(make_server, make_camera):
     assert first["streamsnap_children"] == "1"
     assert float(first["streamsnap_children_resident_memory_bytes"]) > 5e6
     later = wait_for(
-        lambda: (m := samples())
-        and float(m["streamsnap_children_cpu_seconds"])
-        > float(first["streamsnap_children_cpu_seconds"])
-        and m,
+        lambda: (
+            (m := samples())
+            and float(m["streamsnap_children_cpu_seconds"])
+            > float(first["streamsnap_children_cpu_seconds"])
+            and m
+        ),
         10,
         "the child's CPU time to grow",
     )
