@@ -17,8 +17,6 @@ import socket
 import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,8 +123,8 @@ def proxied(
     if NGINX is None:
         pytest.skip("nginx is not installed")
     srv = make_server(
-        server={"server_names": [PUBLIC_NAME]},
-        webrtc={"ice_addresses": ["127.0.0.1"]},
+        server={"server_names": [PUBLIC_NAME], "trusted_proxies": ["127.0.0.1"]},
+        webrtc={"ice_addresses": ["127.0.0.1"], "public_ws_url": f"wss://{PUBLIC_NAME}/ws/"},
         mjpeg={"max_viewers_per_ip": 1},
     )
     cert, key = self_signed(tmp_path)
@@ -151,28 +149,37 @@ def https(
     path: str,
     body: dict | None = None,
     host: str = PUBLIC_NAME,
+    source: str = "127.0.0.2",
 ) -> tuple[int, bytes]:
+    """One request to the proxy from client address ``source`` (a loopback address of its
+    own, so that the server can tell clients from the proxy, 127.0.0.1)."""
     headers = {"Host": host, **({"Content-Type": "application/json"} if body else {})}
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        f"https://127.0.0.1:{port}{path}", data=data, method=method, headers=headers
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", port, context=ctx, timeout=15, source_address=(source, 0)
     )
     try:
-        with urllib.request.urlopen(request, context=ctx, timeout=15) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
-async def mjpeg_parts(ctx: ssl.SSLContext, port: int, n: int) -> tuple[list[bytes], int]:
-    """``n`` parts of the live MJPEG stream through the proxy, and the status a second
-    viewer gets meanwhile (from another client connection)."""
+def client(source: str) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0)))
+
+
+async def mjpeg_parts(ctx: ssl.SSLContext, port: int, n: int) -> tuple[list[bytes], int, int]:
+    """``n`` parts of the live MJPEG stream through the proxy for client 127.0.0.2, and the
+    statuses another client (127.0.0.3) and a second viewer of the first client get."""
     url = f"https://127.0.0.1:{port}/streams/cam/stream.mjpeg?fps=5&width=160"
     headers = {"Host": PUBLIC_NAME}
     timeout = aiohttp.ClientTimeout(sock_read=10)
     async with (
-        aiohttp.ClientSession() as one,
-        aiohttp.ClientSession() as two,
+        client("127.0.0.2") as one,
+        client("127.0.0.3") as other,
+        client("127.0.0.2") as again,
         one.get(url, ssl=ctx, headers=headers, timeout=timeout) as resp,
     ):
         assert resp.status == 200, await resp.text()
@@ -183,9 +190,11 @@ async def mjpeg_parts(ctx: ssl.SSLContext, port: int, n: int) -> tuple[list[byte
             part = await asyncio.wait_for(reader.next(), 10)
             assert part is not None, "the MJPEG answer ended early"
             parts.append(bytes(await part.read()))
-        async with two.get(url, ssl=ctx, headers=headers, timeout=timeout) as second:
-            second_status = second.status
-    return parts, second_status
+        async with other.get(url, ssl=ctx, headers=headers, timeout=timeout) as second:
+            other_status = second.status
+        async with again.get(url, ssl=ctx, headers=headers, timeout=timeout) as third:
+            again_status = third.status
+    return parts, other_status, again_status
 
 
 async def websocket_answer(
@@ -215,31 +224,34 @@ def test_nginx_in_front_serves_rest_mjpeg_whip_and_the_websocket_api(proxied):
         picture = Image.open(io.BytesIO(base64.b64decode(json.loads(raw)["data"])))
         assert (picture.format, picture.size) == ("PNG", SIZE)
 
-        # a saved snapshot's URL is built from the request the server sees: the public name
-        # (Host is passed on), but http (the server reads no X-Forwarded-Proto)
+        # a saved snapshot's URL is built from the request the client made: the public name
+        # (Host is passed on) and https (X-Forwarded-Proto, believed from a trusted proxy)
         status, raw = https(
             ctx, port[443], "POST", "/rest-api/stream/snapshot/save", {"streamName": "cam"}
         )
         assert status == 200, raw[:300]
-        assert json.loads(raw)["url"].startswith(f"http://{PUBLIC_NAME}/snapshots/"), raw
+        assert json.loads(raw)["url"].startswith(f"https://{PUBLIC_NAME}/snapshots/"), raw
 
-        # a Host the config does not name is refused, and the server sees the proxy's address
+        # a Host the config does not name is refused, and the log names the client behind
+        # the proxy ([server] trusted_proxies), not the proxy
         status, raw = https(ctx, port[443], "GET", "/healthz", host="evil.example")
         assert status == 421, raw
         line = srv.wait_log(r"Host 'evil\.example' is not a name of this server")
-        assert "from 127.0.0.1:" in line, line
+        assert "from 127.0.0.2:" in line or "from 127.0.0.2 " in line, line
 
-        # live MJPEG, unbuffered; every viewer behind the proxy counts as one address
-        parts, second = asyncio.run(mjpeg_parts(ctx, port[443], 2))
+        # live MJPEG, unbuffered; viewers count by their own address behind the proxy
+        parts, other, again = asyncio.run(mjpeg_parts(ctx, port[443], 2))
         for part in parts:
             assert Image.open(io.BytesIO(part)).format == "JPEG"
-        assert second == 429  # [mjpeg] max_viewers_per_ip = 1, shared by all behind nginx
+        assert other == 200  # another client: its own share of [mjpeg] max_viewers_per_ip
+        assert again == 429  # the same client's second viewer: max_viewers_per_ip = 1
 
-        # the pages learn no WebSocket port of the proxy's: over https they use 8443
+        # the pages learn where the WebSocket API is reached through the proxy
         status, raw = https(ctx, port[443], "GET", "/config.js")
         assert status == 200
         ports = json.loads(raw.decode().partition("=")[2].strip().rstrip(";"))
-        assert ports.get("wssPort") is None
+        # the pages connect where [webrtc] public_ws_url says, not to a port of the server's
+        assert ports["wsUrl"] == f"wss://{PUBLIC_NAME}/ws/" and ports.get("wssPort") is None
 
         # the WebSocket API: on its own port (8443) and under /ws/ on 443
         own_port = f"wss://127.0.0.1:{port[8443]}/cam"

@@ -27,7 +27,14 @@ from .config import Config
 from .decoding import DecodePolicy
 from .errors import StartupError, StreamNameInUse, StreamNotFound
 from .frames import FrameHandle, FrameStore
-from .listeners import ConnectionLimiter, HostCheck, load_tls, make_runner, start_site
+from .listeners import (
+    ConnectionLimiter,
+    ForwardedFor,
+    HostCheck,
+    load_tls,
+    make_runner,
+    start_site,
+)
 from .plugins import PluginManager, make_plugin_manager
 from .snapshot import Snapshot, SnapshotRequest, SnapshotService
 from .state import State
@@ -70,6 +77,7 @@ class App:
         self.access = Access(self, self.auth, self.refused)
         self.connections = ConnectionLimiter(config.limits.max_connections_per_ip, self.refused)
         self.hosts = HostCheck(config.server.server_names, self.refused)
+        self.forwarded = ForwardedFor(config.server.trusted_proxies)
         self.pm.guard.spawn = lambda coro, name: self.spawn(coro, name=name)
         self.ended: Counter[tuple[str, str]] = Counter()  # (protocol, reason) -> streams ended
         self._release_memory_soon = ReleaseSoon(self.io_executor)
@@ -118,7 +126,8 @@ class App:
         srv = self.config.server
         self.tls = load_tls(srv)
         self.web = web.Application(
-            client_max_size=1 << 20, middlewares=[self.hosts.middleware, self.access.middleware]
+            client_max_size=1 << 20,
+            middlewares=[self.forwarded.middleware, self.hosts.middleware, self.access.middleware],
         )
         self.web[APP_KEY] = self
         for name, routes in self.pm.broadcast("register_routes", app=self):

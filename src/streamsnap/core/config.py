@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import ipaddress
 import logging
 import os
 import tomllib
@@ -57,10 +58,20 @@ class ServerConfig:
     # own names (DNS rebinding): e.g. ["snap.example.com"]
     server_names: list[str] = field(default_factory=list)
     plaintext: bool = True  # false: with TLS on, no plain HTTP and WebSocket ports
+    # reverse proxies (addresses or networks, e.g. ["127.0.0.1"]) whose X-Forwarded-For and
+    # X-Forwarded-Proto are believed; empty: those headers are ignored (any client could send)
+    trusted_proxies: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("[server] tls_cert and tls_key must be set together")
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"[server] trusted_proxies: {entry!r} is not an address or a network"
+                ) from None
 
 
 @dataclass

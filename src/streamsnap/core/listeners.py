@@ -197,6 +197,54 @@ class HostCheck:
         )
 
 
+class ForwardedFor:
+    """The client behind a trusted reverse proxy: a request that comes from an address of
+    ``[server] trusted_proxies`` gets its ``remote`` from ``X-Forwarded-For`` (the address the
+    nearest untrusted hop gave, read from the right, as nginx's ``real_ip_recursive`` does) and
+    its scheme from ``X-Forwarded-Proto``. From any other address those headers are ignored:
+    a client could write anything there. Everything after this middleware (per-address
+    limits, the login throttle, logs) sees the real client."""
+
+    def __init__(self, trusted: Iterable[str]) -> None:
+        self.networks = [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+    def trusts(self, address: str | None) -> bool:
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+    def client(self, peer: str, forwarded_for: list[str]) -> str:
+        """The client's address for a request from trusted ``peer`` with these
+        ``X-Forwarded-For`` values."""
+        hops = [h.strip() for value in forwarded_for for h in value.split(",")]
+        client = peer
+        for hop in reversed(hops):
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                break  # not an address: nothing to its left can be believed either
+            client = hop
+            if not self.trusts(hop):
+                break
+        return client
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.networks and self.trusts(request.remote):
+            changes: dict[str, str] = {}
+            forwarded = request.headers.getall("X-Forwarded-For", [])
+            if forwarded:
+                changes["remote"] = self.client(request.remote or "", forwarded)
+            proto = request.headers.get("X-Forwarded-Proto", "").strip().lower()
+            if proto in ("http", "https"):
+                changes["scheme"] = proto
+            if changes:
+                request = request.clone(**changes)
+        return await handler(request)
+
+
 def load_tls(server: ServerConfig) -> ssl.SSLContext | None:
     """The server TLS context when ``[server] tls_cert``/``tls_key`` are set."""
     if not server.tls_cert:

@@ -59,7 +59,13 @@ def find_sdk(configured: str) -> Path | None:
 async def client_config(request: web.Request) -> web.Response:
     """What the pages need to know: where the WebSocket API listens."""
     app = request.app[APP_KEY]
-    ports = {"wsPort": app.ports.get("ws"), "wssPort": app.ports.get("wss")}
+    ports: dict[str, Any] = {"wsPort": app.ports.get("ws"), "wssPort": app.ports.get("wss")}
+    try:
+        public = app.config.of(WebRtcSettings).public_ws_url
+    except LookupError:  # the webrtc plugin is left out
+        public = ""
+    if public:
+        ports["wsUrl"] = public  # behind a reverse proxy: where browsers reach the API
     body = "window.STREAMSNAP = " + json.dumps(ports) + ";\n"
     return web.Response(
         text=body, content_type="application/javascript", headers={"Cache-Control": "no-store"}

@@ -2,6 +2,7 @@
 "use strict";
 function streamsnapWsUrl() {
   var cfg = window.STREAMSNAP || {};
+  if (cfg.wsUrl) return cfg.wsUrl; // [webrtc] public_ws_url: the API behind a reverse proxy
   if (location.protocol === "https:") return "wss://" + location.hostname + ":" + (cfg.wssPort || 8443);
   return "ws://" + location.hostname + ":" + (cfg.wsPort || 8080);
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...core.config import setting
+from ...core.errors import ConfigError
 
 
 @dataclass
@@ -20,3 +21,12 @@ class WebRtcSettings:
     sdk_dir: str = ""  # @flashphoner/websdk folder served at /sdk/; empty: ./node_modules/...
     # a WebRTC/WHIP publisher sending no video this long is ended
     idle_timeout_s: float = setting(10.0, minimum=0.5)
+    # the WebSocket API's URL as browsers reach it behind a reverse proxy, told to the pages
+    # (e.g. "wss://snap.example.com/ws/"); empty: this server's own ws/wss port
+    public_ws_url: str = ""
+
+    def check(self) -> None:
+        if self.public_ws_url and not self.public_ws_url.startswith(("ws://", "wss://")):
+            raise ConfigError(
+                f"[webrtc] public_ws_url: {self.public_ws_url!r} is not a ws:// or wss:// URL"
+            )

@@ -125,7 +125,9 @@ class WcsApi:
         return ws
 
     async def start(self) -> None:
-        http = web.Application(middlewares=[self.app.hosts.middleware])
+        # the client behind a trusted proxy first: limits and logs name it, not the proxy
+        middlewares = [self.app.forwarded.middleware, self.app.hosts.middleware]
+        http = web.Application(middlewares=middlewares)
         http.router.add_get("/{path:.*}", self.handler)
         self._runner = make_runner(http)
         await self._runner.setup()
