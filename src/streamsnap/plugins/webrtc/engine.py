@@ -2,7 +2,8 @@
 
 Publishing: aiortc decodes every received frame; the engine always drains the receiver (aiortc's
 queue is unbounded) and keeps only the newest picture in the stream's frame store, so memory
-stays flat however long a publisher stays. Audio is drained and dropped. Playing: a track that
+stays flat however long a publisher stays. Audio is declined in the answer (``a=inactive``):
+publishers send none, and nothing decodes it. Playing: a track that
 hands the newest picture of any stream (WebRTC, RTMP, RTSP) to aiortc's encoder as it arrives.
 
 ICE: no outside STUN unless ``[webrtc] ice_servers`` lists one; ``ice_addresses`` chooses the
@@ -134,14 +135,15 @@ class WebRtcEngine:
             if track.kind == "video":
                 self.app.spawn(self._ingest(stream, track), name=f"webrtc-in:{stream.name}")
             else:
-                stream.has_audio = True
-                self.app.spawn(self._drain(track), name=f"webrtc-audio:{stream.name}")
+                stream.has_audio = True  # offered; declined below
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             _require_video(pc)
             for transceiver in pc.getTransceivers():
-                transceiver.direction = "recvonly"
+                # audio is declined (a=inactive): no picture needs it, and received it would be
+                # decoded on a thread of its own, 50 frames a second, for nothing
+                transceiver.direction = "recvonly" if transceiver.kind == "video" else "inactive"
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception:
             await self.close(pc)
@@ -192,14 +194,6 @@ class WebRtcEngine:
                     )
                 pts = int(frame.pts * frame.time_base * 1000) if frame.pts is not None else 0
                 self.app.frame(stream, frames.push_picture(frame, pts))
-        except MediaStreamError:
-            return
-
-    @staticmethod
-    async def _drain(track: MediaStreamTrack) -> None:
-        try:
-            while True:
-                await track.recv()
         except MediaStreamError:
             return
 
