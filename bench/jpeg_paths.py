@@ -59,7 +59,9 @@ def main() -> None:
     av.logging.set_level(av.logging.ERROR)
     pictures = frames(args.frames)
     q = args.quality
-    print(f"{len(pictures)} frames {pictures[0].width}x{pictures[0].height} {pictures[0].format.name}")
+    print(
+        f"{len(pictures)} frames {pictures[0].width}x{pictures[0].height} {pictures[0].format.name}"
+    )
 
     def rgb(f: av.VideoFrame) -> np.ndarray:
         return f.to_ndarray(format="rgb24", threads=1)
@@ -69,13 +71,20 @@ def main() -> None:
         Image.fromarray(rgb(f)).save(out, "JPEG", quality=q)
         return out.getvalue()
 
-    timed("swscale yuv420p -> rgb24 only", lambda f: rgb(f)[:1, :1].tobytes(), pictures, "(part of the next)")
+    timed(
+        "swscale yuv420p -> rgb24 only",
+        lambda f: rgb(f)[:1, :1].tobytes(),
+        pictures,
+        "(part of the next)",
+    )
     reference = timed("RGB path: rgb24 + Pillow JPEG (today)", pillow, pictures)
 
     def full_range(f: av.VideoFrame) -> av.VideoFrame:
         return f.reformat(format="yuvj420p", threads=1)
 
-    timed("swscale yuv420p -> yuvj420p only", lambda f: bytes(full_range(f).planes[0])[:1], pictures)
+    timed(
+        "swscale yuv420p -> yuvj420p only", lambda f: bytes(full_range(f).planes[0])[:1], pictures
+    )
     codec = av.CodecContext.create("mjpeg", "w")
     codec.width, codec.height = pictures[0].width, pictures[0].height
     codec.pix_fmt = "yuvj420p"
@@ -103,7 +112,10 @@ def main() -> None:
 
         def planes_jpeg(f: av.VideoFrame) -> bytes:
             j = full_range(f)
-            y, u, v = (np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in j.planes)
+            y, u, v = (
+                np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+                for p in j.planes
+            )
             return simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=q)
 
         timed("YUV path: yuvj420p planes + simplejpeg", planes_jpeg, pictures)
@@ -111,17 +123,23 @@ def main() -> None:
         chroma = [min(255, max(0, round((i - 128) * 255 / 224 + 128))) for i in range(256)]
 
         def expanded(plane, table):
-            img = Image.frombuffer("L", (plane.width, plane.height), plane, "raw", "L", plane.line_size, 1)
+            img = Image.frombuffer(
+                "L", (plane.width, plane.height), plane, "raw", "L", plane.line_size, 1
+            )
             return np.asarray(img.point(table))
 
         def lut_jpeg(f: av.VideoFrame) -> bytes:
-            y, u, v = (expanded(p, t) for p, t in zip(f.planes, (luma, chroma, chroma), strict=True))
+            y, u, v = (
+                expanded(p, t) for p, t in zip(f.planes, (luma, chroma, chroma), strict=True)
+            )
             return simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=q)
 
         lut = timed("YUV path: range by Pillow LUT + simplejpeg", lut_jpeg, pictures)
         a = np.asarray(Image.open(io.BytesIO(reference[0])).convert("RGB"), np.int16)
         b = np.asarray(Image.open(io.BytesIO(lut[0])).convert("RGB"), np.int16)
-        print(f"mean abs difference RGB path vs LUT + simplejpeg: {np.abs(a - b).mean():.2f} (0-255)")
+        print(
+            f"mean abs difference RGB path vs LUT + simplejpeg: {np.abs(a - b).mean():.2f} (0-255)"
+        )
     # how close the YUV path's picture is to the RGB path's
     a = np.asarray(Image.open(io.BytesIO(reference[0])).convert("RGB"), np.int16)
     b = np.asarray(Image.open(io.BytesIO(mine[0])).convert("RGB"), np.int16)

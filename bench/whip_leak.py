@@ -103,7 +103,10 @@ def main() -> None:
             server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
             webrtc={"ice_addresses": ["127.0.0.1"]},
         )
-        env = {"STREAMSNAP_TRACE_DUMP": str(dump), "STREAMSNAP_TRACE_TRIM": "1" if args.trim else ""}
+        env = {
+            "STREAMSNAP_TRACE_DUMP": str(dump),
+            "STREAMSNAP_TRACE_TRIM": "1" if args.trim else "",
+        }
         env["STREAMSNAP_TRACE_MALLOC"] = "0" if args.no_trace else "1"
         env.update(e.split("=", 1) for e in args.env)
         server = ServerProcess(config, env=env, cwd=folder)
@@ -129,14 +132,18 @@ def main() -> None:
             server.stop()
     n = args.sessions * args.rounds
     print(f"{n} WHIP sessions in {took:.0f} s ({args.parallel} at once)")
-    print(f"RSS: {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB: {(rss1 - rss0) / n:.1f} KiB per session")
+    print(
+        f"RSS: {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB: {(rss1 - rss0) / n:.1f} KiB per session"
+    )
     steps = [f"{(b - a) / args.sessions:.1f}" for a, b in itertools.pairwise(looks)]
     print(f"KiB per session, round by round: {', '.join(steps)}")
     print(f"pymalloc arenas in use, look by look: {arenas}")
     if before is None or after is None:
         return
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
-    print(f"Python allocations: {grown / 1024:+.0f} KiB: {grown / 1024 / args.sessions:+.1f} KiB per session")
+    print(
+        f"Python allocations: {grown / 1024:+.0f} KiB: {grown / 1024 / args.sessions:+.1f} KiB per session"
+    )
     for stat in after.compare_to(before, "traceback")[: args.top]:
         print(f"\n{stat.size_diff / 1024:+.1f} KiB, {stat.count_diff:+d} blocks")
         for line in stat.traceback.format()[-12:]:

@@ -95,6 +95,10 @@ async def test_every_protected_route_refuses_without_credentials(guarded_app):
                 'Bearer realm="streamsnap"',
                 'Basic realm="streamsnap", charset="UTF-8"',
             ]
+            # a page's script (the console) gets no Basic challenge: no browser login box
+            scripted = {"X-Requested-With": "XMLHttpRequest"}
+            code, challenges = await status(session, method, path, scripted)
+            assert code == 401 and challenges == ['Bearer realm="streamsnap"'], (method, path)
             for headers in (
                 {"Authorization": "Bearer wrong"},
                 {"Authorization": _basic(USER, "wrong")},
@@ -111,7 +115,7 @@ async def test_every_protected_route_refuses_without_credentials(guarded_app):
         for method, path, _ in routes:
             if (method, path) not in protected:
                 assert (await status(session, method, path))[0] != 401, path
-    assert app.refused["unauthorized"] == 4 * len(protected)
+    assert app.refused["unauthorized"] == 5 * len(protected)
 
 
 async def test_websocket_needs_the_token_or_a_user(guarded_app):

@@ -220,8 +220,14 @@ def test_console_adds_a_camera_shows_api_errors_and_terminates(
 
 
 def test_console_with_auth_asks_for_the_token_once(make_server, tmp_path):
+    from streamsnap.core.auth import hash_password
+
     srv = make_server(
-        auth={"token": TOKEN, "open_publish": True},
+        auth={
+            "token": TOKEN,
+            "open_publish": True,
+            "users": [{"name": "ops", "password": hash_password("ops-password", n=1 << 14)}],
+        },
         snapshot={"snapshot_taking_interval_ms": 5000},
     )
     pub = ffmpeg_counter(srv.rtmp_url("vault"), 640, 360, gop=30)
@@ -238,6 +244,15 @@ def test_console_with_auth_asks_for_the_token_once(make_server, tmp_path):
         with chromium(tmp_path) as browser:
             page = browser.new_page()
             page.goto(srv.http + "/")
+            page.wait_for_function("() => document.getElementById('login').open", timeout=10_000)
+            # closed with Esc: what was typed is not kept, and the prompt stays away until asked
+            page.fill("#token", "typed-then-escaped")
+            page.keyboard.press("Escape")
+            page.wait_for_selector("#signIn", state="visible", timeout=10_000)
+            page.wait_for_timeout(1500)  # a few rounds of polling: no prompt again
+            assert not page.evaluate("document.getElementById('login').open")
+            assert page.evaluate("sessionStorage.length") == 0
+            page.click("#signIn")
             page.wait_for_function("() => document.getElementById('login').open", timeout=10_000)
             page.fill("#token", "not-the-token")
             page.click("#loginBtn")
@@ -259,7 +274,17 @@ def test_console_with_auth_asks_for_the_token_once(make_server, tmp_path):
             wait_rows(page, 1)
             assert not page.evaluate("document.getElementById('login').open")
             assert not page.is_hidden("#signOut")
+            # a user of [auth] users signs in with a name and password instead
+            page.click("#signOut")
+            page.wait_for_function("() => document.getElementById('login').open", timeout=10_000)
+            page.fill("#user", "ops")
+            page.fill("#password", "ops-password")
+            page.click("#loginBtn")
+            wait_rows(page, 1)
+            thumbnail(page, "vault")
         assert "wrong credentials" in srv.log
+        # one wrong token, sent by the requests that were waiting, not by every poll after it
+        assert srv.log.count("wrong credentials") <= 4, srv.log.count("wrong credentials")
     finally:
         pub.stop()
 

@@ -81,7 +81,8 @@ def test_browser_whip_client_publish_delete_and_conflict(webrtc_server, tmp_path
         # a plain WHIP client: offer with every candidate, POST, apply the answer
         result = page.evaluate(
             """async (endpoint) => {
-                const stream = await navigator.mediaDevices.getUserMedia({video: true});
+                const media = {video: true, audio: true};
+                const stream = await navigator.mediaDevices.getUserMedia(media);
                 const pc = new RTCPeerConnection({iceServers: []});
                 stream.getTracks().forEach((t) => pc.addTransceiver(t, {direction: 'sendonly'}));
                 await pc.setLocalDescription(await pc.createOffer());
@@ -95,12 +96,16 @@ def test_browser_whip_client_publish_delete_and_conflict(webrtc_server, tmp_path
                 const answer = await resp.text();
                 await pc.setRemoteDescription({type: 'answer', sdp: answer});
                 window.whipPc = pc;
-                return {status: resp.status, location: resp.headers.get('Location')};
+                return {status: resp.status, location: resp.headers.get('Location'), answer};
             }""",
             srv.http + "/whip/browserwhip",
         )
         assert result["status"] == 201 and result["location"].startswith("/whip/browserwhip/")
-        srv.wait_stream("browserwhip", frames=10, timeout=20)
+        # the audio offered is declined: nothing is sent that nothing would use
+        audio = "m=audio" + result["answer"].split("m=audio", 1)[1].split("\r\nm=", 1)[0]
+        assert "a=inactive" in audio, result["answer"]
+        info = srv.wait_stream("browserwhip", frames=10, timeout=20)
+        assert info["hasAudio"] is True  # it was offered
         status, body = srv.snapshot("browserwhip")
         assert status == 200
         rgb = Image.open(io.BytesIO(base64.b64decode(body["data"]))).convert("RGB")

@@ -23,6 +23,8 @@ def test_the_nearest_untrusted_hop_is_the_client():
     assert proxies.client("127.0.0.1", ["203.0.113.7, bogus, 10.1.2.3"]) == "10.1.2.3"
     assert proxies.client("127.0.0.1", ["not-an-address"]) == "127.0.0.1"
     assert proxies.client("127.0.0.1", ["2001:db8::1"]) == "2001:db8::1"
+    # a dual-stack listener sees IPv4 peers as IPv4-mapped IPv6 addresses
+    assert proxies.trusts("::ffff:127.0.0.1") and not proxies.trusts("::ffff:192.0.2.1")
 
 
 async def seen(proxies: ForwardedFor, remote: str, headers: dict[str, str]) -> tuple[str, str]:

@@ -167,7 +167,11 @@ class Access:
             headers.add("WWW-Authenticate", 'Bearer realm="streamsnap"')
         if self.auth.users:
             schemes.append("Basic <user:password>")
-            headers.add("WWW-Authenticate", 'Basic realm="streamsnap", charset="UTF-8"')
+            # a page's own script (the console) asks for credentials itself: a Basic challenge
+            # would make the browser pop its login box over it (the usual X-Requested-With
+            # convention says which requests those are)
+            if request.headers.get("X-Requested-With", "").lower() != "xmlhttprequest":
+                headers.add("WWW-Authenticate", 'Basic realm="streamsnap", charset="UTF-8"')
         message = f"{what}: Authorization: {' or '.join(schemes)} required"
         return web.json_response(
             {"status": 401, "error": "Unauthorized", "path": request.path, "message": message},

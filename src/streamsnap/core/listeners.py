@@ -213,7 +213,9 @@ class ForwardedFor:
             ip = ipaddress.ip_address(address or "")
         except ValueError:
             return False
-        return any(ip in net for net in self.networks)
+        # a dual-stack socket gives IPv4 peers as ::ffff:a.b.c.d
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        return any(ip in net or (mapped is not None and mapped in net) for net in self.networks)
 
     def client(self, peer: str, forwarded_for: list[str]) -> str:
         """The client's address for a request from trusted ``peer`` with these

@@ -2,7 +2,17 @@
 // totals from the server's own /metrics, "add camera" through the pull API and terminate.
 // Everything comes from this server's documented API; nothing is loaded from another host.
 
-import { ApiError, errorOf, forgetToken, image, post, request, streamPath, token } from "./api.js";
+import {
+  ApiError,
+  errorOf,
+  forgetToken,
+  image,
+  post,
+  request,
+  signIn,
+  streamPath,
+  token,
+} from "./api.js";
 import { by, parse, total } from "./prom.js";
 
 const STREAMS_EVERY_MS = 1000; // the list: a stopped publisher's row goes within about a second
@@ -21,8 +31,14 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+// a row per publish session: two names can read the same once their secrets are masked
 function keyOf(s) {
-  return (s.node || "") + "\u0000" + s.name;
+  return (s.node || "") + "\u0000" + (s.mediaSessionId || s.name);
+}
+
+// find_all masks secrets in names (credentials, token= values): such a name addresses nothing
+function addressable(name) {
+  return !name.includes("***");
 }
 
 function age(ms) {
@@ -66,7 +82,13 @@ class Row {
     this.none = el("span", { className: "none", textContent: "waiting for a picture" });
     this.thumbButton = el("button", { type: "button", title: "the full-size current picture" });
     this.thumbButton.append(this.img, this.none, this.ageBadge);
-    this.thumbButton.addEventListener("click", () => openViewer(this.name));
+    this.thumbButton.addEventListener("click", () => {
+      if (addressable(this.name)) openViewer(this.name);
+    });
+    if (!addressable(this.name)) {
+      this.none.textContent = "no picture here: the name holds a secret (masked)";
+      this.thumbButton.disabled = true;
+    }
     this.terminateButton = el("button", {
       type: "button",
       className: "terminate",
@@ -91,6 +113,7 @@ class Row {
     );
     this.tr.dataset.stream = stream.name;
     this.update(stream);
+    rowOf.set(this.tr, this);
     visibility.observe(this.tr);
   }
 
@@ -111,7 +134,9 @@ class Row {
   }
 
   due(now) {
-    return this.visible && !this.loading && now - this.thumbAt >= THUMB_EVERY_MS;
+    return (
+      this.visible && !this.loading && addressable(this.name) && now - this.thumbAt >= THUMB_EVERY_MS
+    );
   }
 
   async refreshThumb() {
@@ -128,6 +153,11 @@ class Row {
       });
       if (this.objectUrl) URL.revokeObjectURL(this.objectUrl);
       this.objectUrl = url;
+      if (!this.tr.isConnected) {
+        URL.revokeObjectURL(url); // removed while it loaded
+        this.objectUrl = null;
+        return;
+      }
       this.none.hidden = true;
       const frameAge = headers.get("X-Frame-Age-Ms");
       this.ageBadge.textContent = frameAge == null ? "" : age(Number(frameAge));
@@ -143,21 +173,28 @@ class Row {
 
   async terminate() {
     const button = this.terminateButton;
-    if (!button.classList.contains("armed")) {
+    const disarm = () => {
+      clearTimeout(this.armed);
+      this.armed = null;
+      button.classList.remove("armed");
+      button.textContent = "Terminate";
+    };
+    if (!this.armed) {
       // a second click within 3 s confirms: no modal dialog to dismiss
       button.classList.add("armed");
       button.textContent = "Confirm";
-      setTimeout(() => {
-        button.classList.remove("armed");
-        button.textContent = "Terminate";
-      }, 3000);
+      this.armed = setTimeout(disarm, 3000);
       return;
     }
+    disarm();
     button.disabled = true;
     button.textContent = "Stopping...";
+    const s = this.stream;
+    // by publish session: a masked name would match nothing, and a name may be live again
+    const body = s.mediaSessionId ? { mediaSessionId: s.mediaSessionId } : { name: s.name };
     try {
-      await post("/rest-api/stream/terminate", { name: this.name });
-      await refreshStreams();
+      await post("/rest-api/stream/terminate", body);
+      await refreshStreams(true);
     } catch (err) {
       button.textContent = "Terminate";
       setStatus(err.message, true);
@@ -174,9 +211,10 @@ class Row {
 }
 
 // only the rows on screen fetch pictures: a console over hundreds of cameras stays cheap
+const rowOf = new WeakMap(); // tr -> Row
 const visibility = new IntersectionObserver((entries) => {
   for (const entry of entries) {
-    const row = [...rows.values()].find((r) => r.tr === entry.target);
+    const row = rowOf.get(entry.target);
     if (row) row.visible = entry.isIntersecting;
   }
 });
@@ -198,8 +236,13 @@ async function listStreams() {
   }
 }
 
-async function refreshStreams() {
-  if (listing) return listing;
+// `fresh`: a listing that starts now (after a terminate), not one already under way
+async function refreshStreams(fresh = false) {
+  if (listing) {
+    if (!fresh) return listing;
+    await listing;
+    if (listing) return listing;
+  }
   listing = (async () => {
     try {
       const streams = await listStreams();
@@ -371,6 +414,7 @@ async function showFullPicture() {
     $("viewerInfo").textContent =
       img.naturalWidth + "\u00d7" + img.naturalHeight + (frameAge == null ? "" : " \u00b7 frame " + age(Number(frameAge)) + " old");
   } catch (err) {
+    $("downloadPng").removeAttribute("href");
     $("viewerError").textContent = err.message;
   }
 }
@@ -380,6 +424,7 @@ function openViewer(name) {
   $("viewerName").textContent = name;
   $("viewerInfo").textContent = "";
   $("viewerImage").removeAttribute("src");
+  $("downloadPng").removeAttribute("href"); // never the picture of the stream viewed before
   $("viewer").showModal();
   showFullPicture();
 }
@@ -400,10 +445,14 @@ async function downloadJpeg(event) {
 }
 
 // ----------------------------------------------------------------------------- start
+// ``fn`` every ``ms`` while the tab is shown; a hidden tab asks the server for nothing
 function every(ms, fn) {
   const run = async () => {
-    await fn();
-    setTimeout(run, ms);
+    try {
+      if (!document.hidden) await fn();
+    } finally {
+      setTimeout(run, ms);
+    }
   };
   run();
 }
@@ -414,11 +463,24 @@ function start() {
   $("downloadJpeg").addEventListener("click", downloadJpeg);
   $("viewer").addEventListener("close", () => {
     viewer.name = null;
+    for (const key of ["png", "jpeg"]) {
+      if (viewer[key]) URL.revokeObjectURL(viewer[key]); // a full-size PNG can be megabytes
+      viewer[key] = null;
+    }
+    $("viewerImage").removeAttribute("src");
+    $("downloadPng").removeAttribute("href");
   });
   const signOut = $("signOut");
   signOut.addEventListener("click", () => {
     forgetToken();
     location.reload();
+  });
+  const signInButton = $("signIn");
+  signInButton.addEventListener("click", async () => {
+    if (await signIn()) await Promise.all([refreshStreams(true), refreshTotals()]);
+  });
+  document.addEventListener("streamsnap-auth", (event) => {
+    signInButton.hidden = !event.detail.dismissed;
   });
   about();
   every(STREAMS_EVERY_MS, async () => {
