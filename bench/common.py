@@ -7,11 +7,13 @@ Every ``bench/part_*.py`` module and ``bench/run.py`` build on these."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import platform
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -32,49 +34,46 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def make_clip(size: str, seconds: int = 20) -> Path:
-    """A 30 fps H.264 clip, GOP 2 s, as a typical encoder (x264 veryfast, B-frames) makes it."""
+# bitrate by picture size, as cameras and encoders are set up: 720p 2.5 Mbit/s, 1080p 5 Mbit/s
+BITRATES = {"640x360": 1000, "1280x720": 2500, "1920x1080": 5000}
+GOP = 60  # frames: 2 s at 30 fps, what cameras and OBS send by default
+
+
+def make_clip(size: str, seconds: int = 20, bframes: bool = True, audio: bool = True) -> Path:
+    """A camera-like 30 fps H.264 clip: sensor noise that changes every frame (so that no two
+    pictures are the same and every frame costs what a camera's does to decode and encode),
+    x264 ``veryfast`` at the camera's bitrate (``BITRATES``), GOP 2 s, B-frames (3, x264's
+    choice) or none (many IP cameras), AAC audio as encoders send it."""
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"clip-{size}.flv"
+    kbps = BITRATES.get(size, 2500)
+    tag = f"{size}-{kbps}k-{'bf3' if bframes else 'bf0'}{'' if audio else '-an'}"
+    path = OUT / f"camera-{tag}.flv"
     if not path.exists():
         log(f"encoding {path.name}")
-        subprocess.run(
-            [
-                FFMPEG,
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                f"testsrc2=size={size}:rate=30",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440",
-                "-t",
-                str(seconds),
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
-                "-g",
-                "60",
-                "-keyint_min",
-                "60",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "aac",
-                "-b:a",
-                "64k",
-                "-f",
-                "flv",
-                str(path),
-            ],
-            check=True,
-        )
+        argv = [FFMPEG, "-v", "error", "-y"]
+        argv += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30,noise=alls=14:allf=t+u"]
+        if audio:
+            argv += ["-f", "lavfi", "-i", "sine=frequency=440"]
+        argv += ["-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast"]
+        argv += ["-bf", "3" if bframes else "0", "-g", str(GOP), "-keyint_min", str(GOP)]
+        argv += ["-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{2 * kbps}k"]
+        argv += ["-pix_fmt", "yuv420p"]
+        argv += ["-c:a", "aac", "-b:a", "64k"] if audio else ["-an"]
+        subprocess.run([*argv, "-f", "flv", str(path)], check=True)
     return path
+
+
+def publish_spread(clip: Path, urls: list[str], gop_s: float = GOP / 30) -> list:
+    """A publisher per URL, started ``gop_s / len(urls)`` apart in random order, so that their
+    keyframes fall at spread offsets within the GOP (as independent cameras do), not all at
+    once."""
+    import random
+
+    pubs = []
+    for url in random.sample(urls, len(urls)):
+        pubs.append(publish(clip, url))
+        time.sleep(gop_s / len(urls))
+    return pubs
 
 
 def publish(clip: Path, url: str) -> subprocess.Popen[bytes]:
@@ -137,19 +136,79 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def rest_snapshot_ms(server: ServerProcess, name: str) -> float:
+class LeanClient:
+    """One kept-alive HTTP connection, as a polling client keeps it: the clock runs from
+    sending the request to the last byte of the answer; decoding the answer comes after and
+    is not timed. Each answer's ``Server-Timing`` is kept (``timing``: step -> ms)."""
+
+    def __init__(self, base_url: str) -> None:
+        url = urllib.parse.urlsplit(base_url)
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+        self.conn: http.client.HTTPConnection | None = None
+        self.timing: dict[str, float] = {}
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+    ) -> tuple[float, int, bytes]:
+        for attempt in (0, 1):  # the server may have closed an idle connection: once more
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                self.conn.connect()
+            try:
+                t0 = time.perf_counter()
+                self.conn.request(method, path, body=body, headers=headers or {})
+                resp = self.conn.getresponse()
+                raw = resp.read()
+                ms = (time.perf_counter() - t0) * 1000
+            except (http.client.HTTPException, OSError):
+                self.close()
+                if attempt:
+                    raise
+                continue
+            self.timing = parse_server_timing(resp.getheader("Server-Timing", ""))
+            return ms, resp.status, raw
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """``decode;dur=1.2;desc="...", shared;desc="..."`` -> {"decode": 1.2, "shared": 0.0}."""
+    steps: dict[str, float] = {}
+    for entry in filter(None, (e.strip() for e in header.split(","))):
+        name, *params = (p.strip() for p in entry.split(";"))
+        durations = [float(p[4:]) for p in params if p.startswith("dur=")]
+        steps[name] = durations[0] if durations else 0.0
+    return steps
+
+
+_clients: dict[str, LeanClient] = {}
+
+
+def lean_client(server: ServerProcess) -> LeanClient:
+    """The kept-alive client of ``server`` (one per server, reused by every measurement)."""
+    if server.http not in _clients:
+        _clients[server.http] = LeanClient(server.http)
+    return _clients[server.http]
+
+
+def rest_snapshot(server: ServerProcess, name: str) -> tuple[float, dict[str, float]]:
+    """One REST snapshot through the lean client: (ms to the last byte, Server-Timing)."""
+    client = lean_client(server)
     body = json.dumps({"streamName": name}).encode()
-    t0 = time.perf_counter()
-    req = urllib.request.Request(
-        server.http + "/rest-api/stream/snapshot",
-        data=body,
-        headers={"Content-Type": "application/json"},
+    ms, status, raw = client.request(
+        "POST", "/rest-api/stream/snapshot", body, {"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        data = json.loads(resp.read())["data"]
-    elapsed = (time.perf_counter() - t0) * 1000
-    assert data.startswith("iVBORw0KGgo")
-    return elapsed
+    assert status == 200, raw[:300]
+    assert json.loads(raw)["data"].startswith("iVBORw0KGgo")  # parsed after the clock stopped
+    return ms, client.timing
+
+
+def rest_snapshot_ms(server: ServerProcess, name: str) -> float:
+    return rest_snapshot(server, name)[0]
 
 
 def child_pids(pid: int) -> list[int]:

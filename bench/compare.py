@@ -26,31 +26,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import OUT, idle_cpu, log, percentile, publish, rest_snapshot_ms, stop  # noqa: E402
+from bench.common import (  # noqa: E402
+    OUT,
+    idle_cpu,
+    log,
+    make_clip,
+    percentile,
+    publish,
+    rest_snapshot_ms,
+    stop,
+)
 from bench.part_latency import wait_decoded  # noqa: E402
-from tests.helpers.media import FFMPEG  # noqa: E402
 from tests.helpers.server import ServerProcess, write_config  # noqa: E402
 
 
 def camera_clip(seconds: int = 20) -> Path:
-    """720p30 like an IP camera sends it: sensor noise that changes every frame, B-frames."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / "camera-720p.flv"
-    if not path.exists():
-        log(f"encoding {path.name}")
-        subprocess.run(
-            [
-                FFMPEG, "-v", "error", "-y",
-                "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30,noise=alls=14:allf=t+u",
-                "-t", str(seconds),
-                "-c:v", "libx264", "-preset", "veryfast", "-bf", "3",
-                "-g", "60", "-keyint_min", "60",
-                "-b:v", "2500k", "-maxrate", "2500k", "-bufsize", "5000k",
-                "-pix_fmt", "yuv420p", "-an", "-f", "flv", str(path),
-            ],
-            check=True,
-        )  # fmt: skip
-    return path
+    """720p30 like an IP camera sends it: sensor noise that changes every frame, B-frames,
+    2.5 Mbit/s, no audio (bench/common.py ``make_clip``)."""
+    return make_clip("1280x720", seconds, bframes=True, audio=False)
 
 
 def old_tree(rev: str, into: Path) -> Path:

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import log, make_clip, metrics_of, publish, stop, tree_cpu_seconds
+from bench.common import log, make_clip, metrics_of, publish_spread, stop, tree_cpu_seconds
 from tests.helpers.server import ServerProcess, write_config
 
 
@@ -32,7 +32,7 @@ def bench_auto(window: float, max_streams: int) -> dict:
     try:
         n = 2
         while n <= max_streams:
-            pubs = [publish(clip, server.rtmp_url(f"auto{i}")) for i in range(n)]
+            pubs = publish_spread(clip, [server.rtmp_url(f"auto{i}") for i in range(n)])
             try:
                 for i in range(n):
                     server.wait_stream(f"auto{i}", timeout=30, frames=60)

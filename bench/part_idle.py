@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from bench.common import idle_cpu, log, make_clip, publish, stop, tree_pss_mib
+from bench.common import idle_cpu, log, make_clip, publish_spread, stop, tree_pss_mib
 from tests.helpers.nginx import NginxRtmp
 from tests.helpers.server import ServerProcess
 
@@ -30,7 +30,7 @@ def bench_idle(
         pubs: list = []
 
         def start(url_of=url_of, label=label, pubs=pubs) -> None:
-            pubs.extend(publish(clip, url_of(f"idle{i}")) for i in range(streams))
+            pubs.extend(publish_spread(clip, [url_of(f"idle{i}") for i in range(streams)]))
             if label == "streamsnap":
                 for i in range(streams):
                     server.wait_stream(f"idle{i}", timeout=30, frames=30)

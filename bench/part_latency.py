@@ -20,6 +20,7 @@ from bench.common import (
     metrics_of,
     percentile,
     publish,
+    publish_spread,
     rest_snapshot_ms,
     stop,
 )
@@ -100,7 +101,7 @@ def bench_latency(
     for size in sizes:
         clip = make_clip(size)
         names = [f"lat{size}-{i}" for i in range(idle_streams)]
-        pubs = [publish(clip, srv.rtmp_url(n)) for srv in servers.values() for n in names]
+        pubs = publish_spread(clip, [srv.rtmp_url(n) for srv in servers.values() for n in names])
         if nginx:
             pubs.append(publish(clip, nginx.url(names[0])))
         res: dict = results.setdefault(size, {})

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import make_clip, publish, stop  # noqa: E402
+from bench.common import make_clip, publish_spread, stop  # noqa: E402
 from tests.helpers.server import ServerProcess, write_config  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def profile(streams: int, seconds: float, rtsp: bool = False, top: int = 12) -> 
                 server.request("POST", "/rest-api/stream/find", {"name": name})
         else:
             clip = make_clip("1280x720")
-            pubs = [publish(clip, server.rtmp_url(n)) for n in names]
+            pubs = publish_spread(clip, [server.rtmp_url(n) for n in names])
         for n in names:
             server.wait_stream(n, timeout=30, frames=30)
         frames0 = sum(server.wait_stream(n)["framesIn"] for n in names)
