@@ -1,11 +1,11 @@
-# streamsnap: make install | run | test | bench | dist
+# streamsnap: make install | run | test | bench | bench-endurance | dist
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 CONFIG ?= conf/streamsnap.toml
 
-.PHONY: install run test test-deps lint bench dist clean
+.PHONY: install run test test-deps lint bench bench-endurance dist clean
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -41,6 +41,12 @@ bench: $(VENV)/.test-installed
 	$(PIP) install -e '.[bench]'
 	scripts/install-system-deps.sh bench
 	$(BIN)/python bench/run.py
+
+# an hour with 40 streams, auto snapshots and 20 REST snapshots a second: RSS, fds, threads
+# and p99 over time (bench/endurance.py; results in bench/out/, plot in bench/endurance.png)
+bench-endurance: $(VENV)/.test-installed
+	$(PIP) install -e '.[bench]'
+	$(BIN)/python bench/endurance.py --minutes 60
 
 # sdist and wheel into dist/; the build backend (build_support/) puts the WebSDK's flashphoner.js
 # into both (from node_modules or the npm registry); the wheel is built from the sdist

@@ -1,0 +1,306 @@
+"""An hour without drift: 40 streams (RTMP, RTSP cameras, WHIP publishers that reconnect),
+auto snapshots on, 20 REST snapshots a second; the server's RSS, CPU, fds, threads and the
+snapshot p99 sampled over time.
+
+    make bench-endurance            # = .venv/bin/python bench/endurance.py --minutes 60
+    .venv/bin/python bench/endurance.py --minutes 3     # a smoke run
+
+Media is camera-like (bench/common.py ``make_clip``: sensor noise, the camera's bitrate) at
+640x360 so that 40 streams, their decoding and 20 snapshots a second fit two cores: RTMP
+publishers loop a clip with ``-c copy``; WHIP publishers loop a baseline, B-frame-free clip
+with Opus (what WebRTC carries) with ``-c copy`` and end their session every
+``--whip-session-s`` to start a new one (session churn); RTSP cameras are GStreamer RTSP
+servers listed in ``[[pull.cameras]]``. The checks: RSS after the warm-up grows at most
+20 MiB, fds and threads stay flat, the p99 of the first and the last ten minutes (after the
+warm-up) are within 20 % of each other. Results: bench/out/endurance.json and a plot,
+bench/endurance.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    OUT,
+    LeanClient,
+    cpu_seconds,
+    log,
+    make_clip,
+    percentile,
+    publish_spread,
+    stop,
+)
+from tests.helpers.media import FFMPEG  # noqa: E402
+from tests.helpers.rtsp import RtspCamera  # noqa: E402
+from tests.helpers.server import ServerProcess, write_config  # noqa: E402
+
+SIZE = "640x360"
+SAMPLE_S = 10.0
+
+
+def whip_clip(seconds: int = 20) -> Path:
+    """What a WebRTC publisher sends, camera-like: H.264 baseline without B-frames, Opus."""
+    path = OUT / f"camera-{SIZE}-whip.mkv"
+    if not path.exists():
+        log(f"encoding {path.name}")
+        argv = [FFMPEG, "-v", "error", "-y"]
+        argv += ["-f", "lavfi", "-i", f"testsrc2=size={SIZE}:rate=30,noise=alls=14:allf=t+u"]
+        argv += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
+        argv += ["-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast"]
+        argv += ["-profile:v", "baseline", "-bf", "0", "-g", "60", "-b:v", "1000k"]
+        argv += ["-pix_fmt", "yuv420p", "-c:a", "libopus", "-ac", "2", str(path)]
+        subprocess.run(argv, check=True)
+    return path
+
+
+class WhipPublisher(threading.Thread):
+    """A WHIP publisher that ends its session every ``session_s`` and starts a new one."""
+
+    def __init__(self, url: str, clip: Path, session_s: float) -> None:
+        super().__init__(daemon=True)
+        self.url, self.clip, self.session_s = url, clip, session_s
+        self.sessions = 0
+        self.proc: subprocess.Popen | None = None
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        time.sleep(random.uniform(0, self.session_s))  # sessions end at spread times
+        while not self.stopping.is_set():
+            argv = [FFMPEG, "-v", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip)]
+            argv += ["-t", f"{self.session_s:.0f}", "-c", "copy", "-f", "whip", self.url]
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+            self.proc.communicate()
+            self.sessions += 1
+            self.stopping.wait(1.0)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.proc is not None and self.proc.poll() is None:
+            stop(self.proc)
+
+
+class Load(threading.Thread):
+    """``rate`` REST PNG snapshots a second over ``names``, from ``workers`` kept-alive
+    clients; each (time, ms, ok) is kept."""
+
+    def __init__(self, server: ServerProcess, names: list[str], rate: float, workers: int = 4):
+        super().__init__(daemon=True)
+        self.server, self.names, self.rate, self.workers = server, names, rate, workers
+        self.results: list[tuple[float, float, bool]] = []
+        self.stopping = threading.Event()
+
+    def worker(self, i: int) -> None:
+        client = LeanClient(self.server.http)
+        interval = self.workers / self.rate
+        next_at = time.monotonic() + i * interval / self.workers
+        while not self.stopping.is_set():
+            next_at += interval
+            name = random.choice(self.names)
+            body = json.dumps({"streamName": name}).encode()
+            try:
+                ms, status, _ = client.request(
+                    "POST", "/rest-api/stream/snapshot", body, {"Content-Type": "application/json"}
+                )
+                self.results.append((time.monotonic(), ms, status == 200))
+            except OSError:
+                self.results.append((time.monotonic(), 0.0, False))
+            self.stopping.wait(max(0.0, next_at - time.monotonic()))
+
+    def run(self) -> None:
+        threads = [
+            threading.Thread(target=self.worker, args=(i,), daemon=True)
+            for i in range(self.workers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.split()[0] if value.split() else "0"
+    return {
+        "rss_kib": int(fields["VmRSS"]),
+        "threads": int(fields["Threads"]),
+        "fds": len(list(Path(f"/proc/{pid}/fd").iterdir())),
+    }
+
+
+def plot(samples: list[dict], warmup_s: float, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s["t"] / 60 for s in samples]
+    fig, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
+    axes[0].plot(t, [s["rss_kib"] / 1024 for s in samples])
+    axes[0].set_ylabel("RSS, MiB")
+    axes[1].plot(t, [s["cpu_pct"] for s in samples])
+    axes[1].set_ylabel("CPU, % of a core")
+    axes[2].plot(t, [s["p99_ms"] for s in samples])
+    axes[2].set_ylabel("snapshot p99, ms")
+    axes[2].set_xlabel("minutes")
+    for ax in axes:
+        ax.axvline(warmup_s / 60, color="gray", linestyle=":", linewidth=1)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", type=float, default=60)
+    ap.add_argument(
+        "--warmup-minutes", type=float, default=None, help="default: 10 %% of the run, 1-5 min"
+    )
+    ap.add_argument("--rtmp", type=int, default=30)
+    ap.add_argument("--rtsp", type=int, default=5)
+    ap.add_argument("--whip", type=int, default=5)
+    ap.add_argument("--rate", type=float, default=20.0, help="REST snapshots a second")
+    ap.add_argument("--whip-session-s", type=float, default=60.0)
+    args = ap.parse_args()
+    duration = args.minutes * 60
+    warmup = 60 * (
+        args.warmup_minutes
+        if args.warmup_minutes is not None
+        else min(5, max(1, args.minutes / 10))
+    )
+    window = min(600.0, (duration - warmup) / 2)  # "the first and the last ten minutes"
+    clip, wclip = make_clip(SIZE), whip_clip()
+    cameras = [RtspCamera(size=SIZE, fps=15, pattern="ball") for _ in range(args.rtsp)]
+    with tempfile.TemporaryDirectory(prefix="endurance-") as tmp:
+        cfg = write_config(
+            Path(tmp) / "c.toml",
+            server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
+            snapshot={
+                "snapshot_auto_enabled": True,
+                "snapshot_auto_rate": 150,  # every 5 s at 30 fps, every 10 s at 15
+                "snapshot_auto_retention": 5,
+                "snapshot_auto_dir": str(Path(tmp) / "snapshots"),
+            },
+            pull={"cameras": [{"name": f"rtsp{i}", "url": c.url()} for i, c in enumerate(cameras)]},
+            webrtc={"ice_addresses": ["127.0.0.1"]},
+        )
+        server = ServerProcess(cfg, cwd=Path(tmp)).start()
+        rtmp = [f"rtmp{i}" for i in range(args.rtmp)]
+        pubs, whips, load = [], [], None
+        samples: list[dict] = []
+        try:
+            pubs = publish_spread(clip, [server.rtmp_url(n) for n in rtmp])
+            whips = [
+                WhipPublisher(f"{server.http}/whip/whip{i}", wclip, args.whip_session_s)
+                for i in range(args.whip)
+            ]
+            for w in whips:
+                w.start()
+            for n in rtmp:
+                server.wait_stream(n, timeout=60, frames=30)
+            for i in range(args.rtsp):
+                server.wait_stream(f"rtsp{i}", timeout=60, frames=15)
+            names = rtmp + [f"rtsp{i}" for i in range(args.rtsp)]  # WHIP sessions come and go
+            load = Load(server, names, args.rate)
+            load.start()
+            log(f"{len(names) + args.whip} streams up; running {args.minutes:g} min")
+            t0 = time.monotonic()
+            cpu0, last = cpu_seconds(server.proc.pid), t0
+            seen = 0
+            while (now := time.monotonic()) - t0 < duration:
+                time.sleep(SAMPLE_S)
+                now = time.monotonic()
+                cpu = cpu_seconds(server.proc.pid)
+                fresh = load.results[seen:]
+                seen += len(fresh)
+                ok = [ms for _, ms, good in fresh if good]
+                sample = {
+                    "t": round(now - t0, 1),
+                    **proc_status(server.proc.pid),
+                    "cpu_pct": round((cpu - cpu0) / (now - last) * 100, 1),
+                    "requests": len(fresh),
+                    "errors": len(fresh) - len(ok),
+                    "p50_ms": round(percentile(ok, 50), 1) if ok else 0.0,
+                    "p99_ms": round(percentile(ok, 99), 1) if ok else 0.0,
+                    "whip_sessions": sum(w.sessions for w in whips),
+                }
+                samples.append(sample)
+                cpu0, last = cpu, now
+                if len(samples) % 6 == 0:
+                    log(f"{sample['t'] / 60:.1f} min: {json.dumps(sample)}")
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"the server exited:\n{server.log[-3000:]}")
+        finally:
+            if load is not None:
+                load.stopping.set()
+                load.join(10)
+            for w in whips:
+                w.stop()
+            for p in pubs:
+                stop(p)
+            server.stop()
+            for c in cameras:
+                c.stop()
+    after = [s for s in samples if s["t"] >= warmup]
+    base = after[0]
+    times = [(t, ms) for t, ms, good in load.results if good]
+    start = times[0][0] if times else 0.0
+    first = [ms for t, ms in times if warmup <= t - start < warmup + window]
+    last_ = [ms for t, ms in times if t - start >= duration - window]
+    result = {
+        "args": vars(args),
+        "warmup_s": warmup,
+        "window_s": window,
+        "rss_growth_mib": round((max(s["rss_kib"] for s in after) - base["rss_kib"]) / 1024, 1),
+        "rss_end_growth_mib": round((after[-1]["rss_kib"] - base["rss_kib"]) / 1024, 1),
+        "fds_range": [min(s["fds"] for s in after), max(s["fds"] for s in after)],
+        "threads_range": [min(s["threads"] for s in after), max(s["threads"] for s in after)],
+        "p99_first_ms": round(percentile(first, 99), 1),
+        "p99_last_ms": round(percentile(last_, 99), 1),
+        "requests": len(load.results),
+        "errors": sum(1 for _, _, good in load.results if not good),
+        "whip_sessions": sum(w.sessions for w in whips),
+        "cpu_pct_mean": round(sum(s["cpu_pct"] for s in after) / len(after), 1),
+        "samples": samples,
+    }
+    result["p99_change_pct"] = round((result["p99_last_ms"] / result["p99_first_ms"] - 1) * 100, 1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "endurance.json").write_text(json.dumps(result, indent=2))
+    streams = args.rtmp + args.rtsp + args.whip
+    title = (
+        f"streamsnap, {args.minutes:g} min: {streams} streams ({args.rtmp} RTMP, {args.rtsp} RTSP, "
+        f"{args.whip} WHIP), auto snapshots, {args.rate:g} REST snapshots/s"
+    )
+    plot(samples, warmup, ROOT / "bench" / "endurance.png", title)
+    checks = {
+        "RSS after warm-up grows at most 20 MiB": result["rss_growth_mib"] <= 20,
+        "fds flat (within 10)": result["fds_range"][1] - result["fds_range"][0] <= 10,
+        "threads flat (within 4)": result["threads_range"][1] - result["threads_range"][0] <= 4,
+        "p99 first and last window within 20 %": abs(result["p99_change_pct"]) <= 20,
+        "no failed snapshot": result["errors"] == 0,
+    }
+    summary = {k: v for k, v in result.items() if k != "samples"}
+    print(json.dumps(summary, indent=2))
+    for check, passed in checks.items():
+        print(f"{'ok  ' if passed else 'FAIL'} {check}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
