@@ -35,7 +35,7 @@ def log(msg: str) -> None:
 
 
 # bitrate by picture size, as cameras and encoders are set up: 720p 2.5 Mbit/s, 1080p 5 Mbit/s
-BITRATES = {"640x360": 1000, "1280x720": 2500, "1920x1080": 5000}
+BITRATES = {"426x240": 500, "640x360": 1000, "1280x720": 2500, "1920x1080": 5000}
 GOP = 60  # frames: 2 s at 30 fps, what cameras and OBS send by default
 
 

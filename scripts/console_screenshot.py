@@ -2,6 +2,8 @@
 publishers of FFmpeg test pictures and a GStreamer RTSP camera, in headless Chromium.
 
     .venv/bin/python scripts/console_screenshot.py docs/images/console.png
+
+(and docs/images/console-picture.png: the full-size picture of one stream).
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ def main(out: Path) -> None:
                 )
                 time.sleep(4)  # totals need two looks at /metrics
                 page.screenshot(path=str(out), full_page=True)
+                # the full-size picture of one stream, with its downloads
+                page.click('#streams tbody tr[data-stream="lobby"] .thumb button')
+                page.wait_for_function(
+                    "() => document.getElementById('viewerImage').naturalWidth > 0",
+                    timeout=15_000,
+                )
+                page.screenshot(path=str(out.with_name(out.stem + "-picture.png")))
         finally:
             for pub in pubs:
                 pub.stop()
