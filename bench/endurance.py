@@ -166,7 +166,7 @@ def plot(samples: list[dict], warmup_s: float, path: Path, title: str) -> None:
     for ax in axes:
         ax.axvline(warmup_s / 60, color="gray", linestyle=":", linewidth=1)
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
@@ -183,6 +183,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=20.0, help="REST snapshots a second")
     ap.add_argument("--whip-session-s", type=float, default=60.0)
     ap.add_argument("--size", default=SIZE, help="picture size of every stream")
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
     args = ap.parse_args()
     duration = args.minutes * 60
     warmup = 60 * (
@@ -206,7 +207,8 @@ def main() -> int:
             pull={"cameras": [{"name": f"rtsp{i}", "url": c.url()} for i, c in enumerate(cameras)]},
             webrtc={"ice_addresses": ["127.0.0.1"]},
         )
-        server = ServerProcess(cfg, cwd=Path(tmp)).start()
+        env = dict(e.split("=", 1) for e in args.env)
+        server = ServerProcess(cfg, env=env, cwd=Path(tmp)).start()
         rtmp = [f"rtmp{i}" for i in range(args.rtmp)]
         pubs, whips, load = [], [], None
         samples: list[dict] = []
@@ -230,7 +232,12 @@ def main() -> int:
             cpu0, last = cpu_seconds(server.proc.pid), t0
             seen = 0
             while (now := time.monotonic()) - t0 < duration:
-                time.sleep(SAMPLE_S)
+                try:
+                    time.sleep(SAMPLE_S)
+                except KeyboardInterrupt:  # ended early: report what was measured
+                    log("interrupted: reporting the samples so far")
+                    duration = now - t0
+                    break
                 now = time.monotonic()
                 cpu = cpu_seconds(server.proc.pid)
                 fresh = load.results[seen:]
