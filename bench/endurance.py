@@ -109,7 +109,7 @@ class Load(threading.Thread):
 
     def worker(self, i: int) -> None:
         client = LeanClient(self.server.http)
-        interval = self.workers / self.rate
+        interval = self.workers / max(self.rate, 1e-9)
         next_at = time.monotonic() + i * interval / self.workers
         while not self.stopping.is_set():
             next_at += interval
@@ -180,7 +180,8 @@ def main() -> int:
     ap.add_argument("--rtmp", type=int, default=30)
     ap.add_argument("--rtsp", type=int, default=5)
     ap.add_argument("--whip", type=int, default=5)
-    ap.add_argument("--rate", type=float, default=20.0, help="REST snapshots a second")
+    ap.add_argument("--rate", type=float, default=20.0, help="REST snapshots a second (0: none)")
+    ap.add_argument("--auto-rate", type=int, default=150, help="frames per auto snapshot (0: off)")
     ap.add_argument("--whip-session-s", type=float, default=60.0)
     ap.add_argument("--size", default=SIZE, help="picture size of every stream")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
@@ -199,8 +200,8 @@ def main() -> int:
             Path(tmp) / "c.toml",
             server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
             snapshot={
-                "snapshot_auto_enabled": True,
-                "snapshot_auto_rate": 150,  # every 5 s at 30 fps, every 10 s at 15
+                "snapshot_auto_enabled": args.auto_rate > 0,
+                "snapshot_auto_rate": max(1, args.auto_rate),  # 150: every 5 s at 30 fps
                 "snapshot_auto_retention": 5,
                 "snapshot_auto_dir": str(Path(tmp) / "snapshots"),
             },
@@ -226,7 +227,8 @@ def main() -> int:
                 server.wait_stream(f"rtsp{i}", timeout=60, frames=15)
             names = rtmp + [f"rtsp{i}" for i in range(args.rtsp)]  # WHIP sessions come and go
             load = Load(server, names, args.rate)
-            load.start()
+            if args.rate > 0:
+                load.start()
             log(f"{len(names) + args.whip} streams up; running {args.minutes:g} min")
             t0 = time.monotonic()
             cpu0, last = cpu_seconds(server.proc.pid), t0
@@ -262,7 +264,8 @@ def main() -> int:
         finally:
             if load is not None:
                 load.stopping.set()
-                load.join(10)
+                if load.is_alive():
+                    load.join(10)
             for w in whips:
                 w.stop()
             for p in pubs:
@@ -284,15 +287,16 @@ def main() -> int:
         "rss_end_growth_mib": round((after[-1]["rss_kib"] - base["rss_kib"]) / 1024, 1),
         "fds_range": [min(s["fds"] for s in after), max(s["fds"] for s in after)],
         "threads_range": [min(s["threads"] for s in after), max(s["threads"] for s in after)],
-        "p99_first_ms": round(percentile(first, 99), 1),
-        "p99_last_ms": round(percentile(last_, 99), 1),
+        "p99_first_ms": round(percentile(first, 99), 1) if first else 0.0,
+        "p99_last_ms": round(percentile(last_, 99), 1) if last_ else 0.0,
         "requests": len(load.results),
         "errors": sum(1 for _, _, good in load.results if not good),
         "whip_sessions": sum(w.sessions for w in whips),
         "cpu_pct_mean": round(sum(s["cpu_pct"] for s in after) / len(after), 1),
         "samples": samples,
     }
-    result["p99_change_pct"] = round((result["p99_last_ms"] / result["p99_first_ms"] - 1) * 100, 1)
+    p99_first = result["p99_first_ms"] or 1.0
+    result["p99_change_pct"] = round((result["p99_last_ms"] / p99_first - 1) * 100, 1)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "endurance.json").write_text(json.dumps(result, indent=2))
     streams = args.rtmp + args.rtsp + args.whip
