@@ -4,8 +4,6 @@ Snapshot page in headless Chromium."""
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import subprocess
 import sys
@@ -13,9 +11,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from tests.e2e.test_webrtc_websdk import assert_red_blue, wait_text
+from tests.e2e.test_webrtc_websdk import assert_red_blue, snapshot_on_our_page
 from tests.helpers.browser import browser_available, chromium, make_y4m
 from tests.helpers.server import ServerProcess, write_config
 
@@ -93,18 +90,6 @@ def test_pip_installed_wheel_serves_the_pages(tmp_path):
         assert status == 404  # the SDK's own examples come with npm only
 
         with chromium(tmp_path, make_y4m(tmp_path / "cam.y4m")) as browser:
-            page = browser.new_page()
-            page.goto(srv.http + "/pages/stream-snapshot.html")
-            page.fill("#streamName", "installed")
-            page.click("#publishBtn")
-            wait_text(page, "#status", "PUBLISHING")
-            srv.wait_stream("installed", frames=5, timeout=20)
-            page.click("#snapshotBtn")
-            page.wait_for_function(
-                "document.getElementById('snapshot').src.startsWith('data:image/png;base64,')",
-                timeout=15_000,
-            )
-            src = page.get_attribute("#snapshot", "src")
-            assert_red_blue(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
+            assert_red_blue(snapshot_on_our_page(browser.new_page(), srv, "installed"))
     finally:
         srv.stop()

@@ -180,23 +180,29 @@ def test_tab_closed_mid_publish_ends_stream_and_players(webrtc_server, tmp_path)
         assert json.loads(srv.request("GET", "/healthz")[1])["status"] == "ok"
 
 
+def snapshot_on_our_page(page, srv, name: str) -> Image.Image:
+    """streamsnap's Stream Snapshot page: publish the fake camera as ``name``, press
+    Snapshot, and return the PNG the page shows."""
+    page.goto(srv.http + "/pages/stream-snapshot.html")
+    page.fill("#streamName", name)
+    page.click("#publishBtn")
+    wait_text(page, "#status", "PUBLISHING")
+    srv.wait_stream(name, frames=5, timeout=20)
+    page.click("#snapshotBtn")
+    page.wait_for_function(
+        "document.getElementById('snapshot').src.startsWith('data:image/png;base64,')",
+        timeout=15_000,
+    )
+    src = page.get_attribute("#snapshot", "src")
+    return Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+
+
 def test_streamsnap_stream_snapshot_page(webrtc_server, tmp_path):
     """streamsnap's own page, built on the real WebSDK bundle: publish, Snapshot, see the PNG."""
     srv = webrtc_server
     with chromium(tmp_path, make_y4m(tmp_path / "cam.y4m")) as browser:
         page = browser.new_page()
-        page.goto(srv.http + "/pages/stream-snapshot.html")
-        page.fill("#streamName", "ownpage")
-        page.click("#publishBtn")
-        wait_text(page, "#status", "PUBLISHING")
-        srv.wait_stream("ownpage", frames=5, timeout=20)
-        page.click("#snapshotBtn")
-        page.wait_for_function(
-            "document.getElementById('snapshot').src.startsWith('data:image/png;base64,')",
-            timeout=15_000,
-        )
-        src = page.get_attribute("#snapshot", "src")
-        assert_red_blue(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
+        assert_red_blue(snapshot_on_our_page(page, srv, "ownpage"))
         page.click("#publishBtn")
         wait_text(page, "#status", "UNPUBLISHED")
         page.goto(srv.http + "/pages/two-way-streaming.html")
