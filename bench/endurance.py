@@ -261,18 +261,17 @@ def main() -> int:
                     log(f"{sample['t'] / 60:.1f} min: {json.dumps(sample)}")
             if server.proc.poll() is not None:
                 raise RuntimeError(f"the server exited:\n{server.log[-3000:]}")
-        finally:
-            if load is not None:
-                load.stopping.set()
-                if load.is_alive():
-                    load.join(10)
-            for w in whips:
-                w.stop()
-            for p in pubs:
-                stop(p)
-            server.stop()
-            for c in cameras:
-                c.stop()
+        finally:  # every step on its own: one that fails must not leave the others running
+            steps = [load.stopping.set] if load is not None else []
+            if load is not None and load.is_alive():
+                steps.append(lambda: load.join(10))
+            steps += [w.stop for w in whips] + [lambda p=p: stop(p) for p in pubs]
+            steps += [server.stop] + [c.stop for c in cameras]
+            for step in steps:
+                try:
+                    step()
+                except Exception as exc:
+                    log(f"cleanup step failed: {exc!r}")
     after = [s for s in samples if s["t"] >= warmup]
     base = after[0]
     times = [(t, ms) for t, ms, good in load.results if good]
