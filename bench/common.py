@@ -63,6 +63,70 @@ def make_clip(size: str, seconds: int = 20, bframes: bool = True, audio: bool = 
     return path
 
 
+def camera_h264(size: str = "1280x720", seconds: int = 10) -> Path:
+    """What an IP camera sends, as a raw H.264 (Annex-B) clip for ``bench/camera_sim.py``:
+    the camera-like picture of :func:`make_clip`, x264 ``veryfast`` main profile (CABAC,
+    deblocking), no B-frames, GOP 2 s, at the camera's bitrate, SPS and PPS before every IDR
+    as cameras repeat them."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    kbps = BITRATES.get(size, 2500)
+    path = OUT / f"camera-{size}-{kbps}k-main-bf0.h264"
+    if not path.exists():
+        log(f"encoding {path.name}")
+        argv = [FFMPEG, "-v", "error", "-y"]
+        argv += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30,noise=alls=14:allf=t+u"]
+        argv += ["-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-profile:v"]
+        argv += ["main", "-bf", "0", "-g", str(GOP), "-keyint_min", str(GOP)]
+        argv += ["-b:v", f"{kbps}k", "-maxrate", f"{kbps}k", "-bufsize", f"{2 * kbps}k"]
+        argv += ["-x264-params", "repeat-headers=1", "-pix_fmt", "yuv420p", "-an"]
+        subprocess.run([*argv, "-f", "h264", str(path)], check=True)
+    return path
+
+
+class SimCameras:
+    """``bench/camera_sim.py`` serving ``clip``: one process, any number of cameras, no
+    encoder. ``url(i)`` is camera i; ``stats()`` its latest stats line; ``pid`` for CPU."""
+
+    def __init__(self, clip: Path, groups: int = 12) -> None:
+        import sys
+        import threading
+
+        argv = [sys.executable, str(ROOT / "bench" / "camera_sim.py"), "--clip", str(clip)]
+        self.proc = subprocess.Popen(
+            [*argv, "--groups", str(groups)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("ready "):
+            self.stop()
+            raise RuntimeError(f"camera simulator did not start: {line}")
+        self.port = int(line.split()[1])
+        self.pid = self.proc.pid
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+
+    def url(self, i: int | str) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/cam/{i}"
+
+    def stats(self) -> dict[str, float]:
+        found = [line for line in self.lines if line.startswith("stats ")]
+        if not found:
+            return {}
+        return {k: float(v) for k, v in (f.split("=") for f in found[-1].split()[1:])}
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
 def publish_spread(clip: Path, urls: list[str], gop_s: float = GOP / 30) -> list:
     """A publisher per URL, started ``gop_s / len(urls)`` apart in random order, so that their
     keyframes fall at spread offsets within the GOP (as independent cameras do), not all at
@@ -138,14 +202,16 @@ def percentile(values: list[float], p: float) -> float:
 
 class LeanClient:
     """One kept-alive HTTP connection, as a polling client keeps it: the clock runs from
-    sending the request to the last byte of the answer; decoding the answer comes after and
-    is not timed. Each answer's ``Server-Timing`` is kept (``timing``: step -> ms)."""
+        sending the request to the last byte of the answer; decoding the answer comes after and
+        is not timed. Each answer's ``Server-Timing`` is kept (``timing``: step -> ms), and its
+    headers (``headers``)."""
 
     def __init__(self, base_url: str) -> None:
         url = urllib.parse.urlsplit(base_url)
         self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
         self.conn: http.client.HTTPConnection | None = None
         self.timing: dict[str, float] = {}
+        self.headers: http.client.HTTPMessage | dict[str, str] = {}  # of the last answer
 
     def request(
         self, method: str, path: str, body: bytes | None = None, headers: dict | None = None
@@ -166,6 +232,7 @@ class LeanClient:
                     raise
                 continue
             self.timing = parse_server_timing(resp.getheader("Server-Timing", ""))
+            self.headers = resp.headers
             return ms, resp.status, raw
         raise AssertionError("unreachable")
 

@@ -10,8 +10,9 @@ Media is camera-like (bench/common.py ``make_clip``: sensor noise, the camera's 
 (at 640x360 the machine was saturated: load 3.6, p99 over 300 ms from contention alone): RTMP
 publishers loop a clip with ``-c copy``; WHIP publishers loop a baseline, B-frame-free clip
 with Opus (what WebRTC carries) with ``-c copy`` and end their session every
-``--whip-session-s`` to start a new one (session churn); RTSP cameras are GStreamer RTSP
-servers listed in ``[[pull.cameras]]``. The checks: RSS after the warm-up grows at most
+``--whip-session-s`` to start a new one (session churn); RTSP cameras, listed in
+``[[pull.cameras]]``, are served by ``bench/camera_sim.py`` (a pre-encoded camera clip, no
+encoder). The checks: RSS after the warm-up grows at most
 20 MiB, fds and threads stay flat, the p99 of the first and the last ten minutes (after the
 warm-up) are within 20 % of each other. Results: bench/out/endurance.json and a plot,
 bench/endurance.png.
@@ -20,8 +21,11 @@ bench/endurance.png.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +40,8 @@ from bench.common import (  # noqa: E402
     BITRATES,
     OUT,
     LeanClient,
+    SimCameras,
+    camera_h264,
     cpu_seconds,
     log,
     make_clip,
@@ -44,7 +50,6 @@ from bench.common import (  # noqa: E402
     stop,
 )
 from tests.helpers.media import FFMPEG  # noqa: E402
-from tests.helpers.rtsp import RtspCamera  # noqa: E402
 from tests.helpers.server import ServerProcess, write_config  # noqa: E402
 
 SIZE = (
@@ -135,6 +140,17 @@ class Load(threading.Thread):
             t.join()
 
 
+def live_types(server: ServerProcess, look: Path) -> collections.Counter[str]:
+    """The server's live objects by type, after a full collection (bench/_traced_server.py)."""
+    types = Path(str(look) + ".types")
+    look.unlink(missing_ok=True)
+    os.kill(server.proc.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 60
+    while not look.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return collections.Counter(json.loads(types.read_text()))
+
+
 def proc_status(pid: int) -> dict[str, int]:
     fields = {}
     with open(f"/proc/{pid}/status") as f:
@@ -185,6 +201,12 @@ def main() -> int:
     ap.add_argument("--whip-session-s", type=float, default=60.0)
     ap.add_argument("--size", default=SIZE, help="picture size of every stream")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    ap.add_argument(
+        "--types",
+        action="store_true",
+        help="count the server's live objects by type after the warm-up and at the end "
+        "(bench/_traced_server.py, no tracemalloc) and print what grew",
+    )
     args = ap.parse_args()
     duration = args.minutes * 60
     warmup = 60 * (
@@ -194,7 +216,7 @@ def main() -> int:
     )
     window = min(600.0, (duration - warmup) / 2)  # "the first and the last ten minutes"
     clip, wclip = make_clip(args.size), whip_clip(args.size)
-    cameras = [RtspCamera(size=args.size, fps=15, pattern="ball") for _ in range(args.rtsp)]
+    cameras = SimCameras(camera_h264(args.size))  # one process, no encoder: bench/camera_sim.py
     with tempfile.TemporaryDirectory(prefix="endurance-") as tmp:
         cfg = write_config(
             Path(tmp) / "c.toml",
@@ -205,11 +227,21 @@ def main() -> int:
                 "snapshot_auto_retention": 5,
                 "snapshot_auto_dir": str(Path(tmp) / "snapshots"),
             },
-            pull={"cameras": [{"name": f"rtsp{i}", "url": c.url()} for i, c in enumerate(cameras)]},
+            pull={
+                "cameras": [{"name": f"rtsp{i}", "url": cameras.url(i)} for i in range(args.rtsp)]
+            },
             webrtc={"ice_addresses": ["127.0.0.1"]},
         )
         env = dict(e.split("=", 1) for e in args.env)
-        server = ServerProcess(cfg, env=env, cwd=Path(tmp)).start()
+        look = Path(tmp) / "look"
+        if args.types:
+            env.update(STREAMSNAP_TRACE_MALLOC="0", STREAMSNAP_TRACE_DUMP=str(look))
+            env.update(STREAMSNAP_TRACE_TRIM="1")
+        server = ServerProcess(cfg, env=env, cwd=Path(tmp))
+        if args.types:
+            server.launcher = [sys.executable, str(ROOT / "bench" / "_traced_server.py")]
+        server.start(timeout=120)
+        types: list[collections.Counter[str]] = []
         rtmp = [f"rtmp{i}" for i in range(args.rtmp)]
         pubs, whips, load = [], [], None
         samples: list[dict] = []
@@ -224,7 +256,7 @@ def main() -> int:
             for n in rtmp:
                 server.wait_stream(n, timeout=60, frames=30)
             for i in range(args.rtsp):
-                server.wait_stream(f"rtsp{i}", timeout=60, frames=15)
+                server.wait_stream(f"rtsp{i}", timeout=60, frames=30)
             names = rtmp + [f"rtsp{i}" for i in range(args.rtsp)]  # WHIP sessions come and go
             load = Load(server, names, args.rate)
             if args.rate > 0:
@@ -257,16 +289,25 @@ def main() -> int:
                 }
                 samples.append(sample)
                 cpu0, last = cpu, now
+                if args.types and not types and sample["t"] >= warmup:
+                    types.append(live_types(server, look))
                 if len(samples) % 6 == 0:
                     log(f"{sample['t'] / 60:.1f} min: {json.dumps(sample)}")
             if server.proc.poll() is not None:
                 raise RuntimeError(f"the server exited:\n{server.log[-3000:]}")
+            if args.types and types:
+                grew = (live_types(server, look) - types[0]).most_common(20)
+                log("live objects that grew: " + ", ".join(f"{t} +{c}" for t, c in grew))
+                for suffix in (".refs", ".repr"):  # STREAMSNAP_TRACE_REFERRERS / _REPR
+                    extra = Path(str(look) + suffix)
+                    if extra.exists():
+                        log(f"{suffix[1:]}:\n" + extra.read_text())
         finally:  # every step on its own: one that fails must not leave the others running
             steps = [load.stopping.set] if load is not None else []
             if load is not None and load.is_alive():
                 steps.append(lambda: load.join(10))
             steps += [w.stop for w in whips] + [lambda p=p: stop(p) for p in pubs]
-            steps += [server.stop] + [c.stop for c in cameras]
+            steps += [server.stop, cameras.stop]
             for step in steps:
                 try:
                     step()

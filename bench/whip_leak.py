@@ -10,8 +10,10 @@ report lists the allocation sites that grew the most, by traceback.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import itertools
+import json
 import os
 import re
 import signal
@@ -39,6 +41,11 @@ def pymalloc_arenas(server: ServerProcess) -> int:
     return int(found[-1].split("=")[-1].strip().replace(",", "")) if found else -1
 
 
+def live_types(path: Path) -> collections.Counter[str]:
+    """The server's live objects by type at its last look (bench/_traced_server.py)."""
+    return collections.Counter(json.loads(Path(str(path) + ".types").read_text()))
+
+
 def snapshot(server: ServerProcess, path: Path) -> tracemalloc.Snapshot | None:
     path.unlink(missing_ok=True)
     os.kill(server.proc.pid, signal.SIGUSR1)
@@ -51,22 +58,24 @@ def snapshot(server: ServerProcess, path: Path) -> tracemalloc.Snapshot | None:
     return tracemalloc.Snapshot.load(str(path))
 
 
-def whip(url: str, audio: bool) -> Publisher:
-    """FFmpeg's WHIP muxer: two seconds of a 320x240 test picture (and sound), then DELETE."""
-    argv = [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-t", "2"]
+def whip(url: str, audio: bool, seconds: float) -> Publisher:
+    """FFmpeg's WHIP muxer: ``seconds`` of a 320x240 test picture (and sound), then DELETE."""
+    argv = [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-t", f"{seconds:g}"]
     argv += ["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30"]
     if audio:
         argv += ["-f", "lavfi", "-i", "sine=sample_rate=48000", "-c:a", "libopus", "-ac", "2"]
     argv += ["-c:v", "libx264", "-profile:v", "baseline", "-tune", "zerolatency", "-bf", "0"]
-    argv += ["-g", "30", "-pix_fmt", "yuv420p", "-t", "2"]
+    argv += ["-g", "30", "-pix_fmt", "yuv420p", "-t", f"{seconds:g}"]
     return Publisher([*argv, "-f", "whip", url])
 
 
-def sessions(server: ServerProcess, n: int, parallel: int, prefix: str, audio: bool) -> None:
+def sessions(
+    server: ServerProcess, n: int, parallel: int, prefix: str, audio: bool, seconds: float
+) -> None:
     def one(i: int) -> None:
-        pub = whip(f"{server.http}/whip/{prefix}{i}", audio)
+        pub = whip(f"{server.http}/whip/{prefix}{i}", audio, seconds)
         try:
-            pub.proc.wait(30)
+            pub.proc.wait(seconds + 30)
         finally:
             pub.stop()
 
@@ -88,6 +97,7 @@ def main() -> None:
     parser.add_argument("--same-name", action="store_true", help="every session publishes 'w'")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=1, help="looks at RSS, --sessions apart")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of each session")
     parser.add_argument("--no-audio", action="store_true", help="publish video only")
     parser.add_argument("--no-trace", action="store_true", help="RSS only, no tracemalloc")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
@@ -115,15 +125,17 @@ def main() -> None:
         try:
             name = (lambda p: "w") if args.same_name else (lambda p: p)
             audio = not args.no_audio
-            sessions(server, args.warmup, args.parallel, name("warm"), audio)
+            sessions(server, args.warmup, args.parallel, name("warm"), audio, args.seconds)
             before = snapshot(server, dump)
+            types0 = live_types(dump)
             rss0 = rss_kib(server.proc.pid)
             arenas = [pymalloc_arenas(server)]
             t0 = time.monotonic()
             looks = [rss0]
             for r in range(args.rounds):
-                sessions(server, args.sessions, args.parallel, name(f"s{r}-"), audio)
+                sessions(server, args.sessions, args.parallel, name(f"s{r}-"), audio, args.seconds)
                 after = snapshot(server, dump)
+                types1 = live_types(dump)
                 looks.append(rss_kib(server.proc.pid))
                 arenas.append(pymalloc_arenas(server))
             took = time.monotonic() - t0
@@ -138,6 +150,8 @@ def main() -> None:
     steps = [f"{(b - a) / args.sessions:.1f}" for a, b in itertools.pairwise(looks)]
     print(f"KiB per session, round by round: {', '.join(steps)}")
     print(f"pymalloc arenas in use, look by look: {arenas}")
+    grew = (types1 - types0).most_common(args.top)
+    print("live objects that grew:", ", ".join(f"{t} +{c}" for t, c in grew) or "none")
     if before is None or after is None:
         return
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))

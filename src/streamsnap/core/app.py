@@ -231,6 +231,10 @@ class App:
         stream.status = "UNPUBLISHED"
         self.ended[stream.protocol, reason_kind(reason or "publisher left")] += 1
         stream.frames.reset()
+        # An ended stream may be remembered a long time (the folder its snapshots went to):
+        # it keeps nothing of its publisher. These closures hold the connection (a WebRTC
+        # peer connection with its receivers and buffers, an RTMP session, a pull).
+        stream.terminator = stream.check_name = None
         self.snapshots.forget(stream)
         self._release_memory_soon()
         log.info(

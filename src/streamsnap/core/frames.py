@@ -414,8 +414,10 @@ class FrameStore:
                 best = self._drain(decoder, best, index_of, gop_id, gop)
             self._dec_best = best
             with self._state:
-                if self._epoch != epoch:
-                    return None  # the stream was reset while decoding: the picture is stale
+                if self._epoch != epoch:  # reset while decoding: the picture is stale, and
+                    self._decoder = self._dec_best = None  # reset left these to this decode
+                    self._dec_index, self._dec_gop = {}, -1
+                    return None
                 self._seen = (gop_id, n)
                 if best is not None and (
                     latest is None or latest.gop != gop_id or best.pts >= latest.pts

@@ -63,17 +63,21 @@ class RtmpServer:
         hold it open."""
         while True:
             await asyncio.sleep(min(1.0, self.config.handshake_timeout_s / 2))
-            now = time.monotonic()
-            for session in list(self.sessions):
-                idle = now - session.last_data
-                age = now - session.connected_at
-                if not session.handshake_done and age > self.config.handshake_timeout_s:
-                    session.close(
-                        f"handshake not completed within {self.config.handshake_timeout_s:g} s",
-                        logging.WARNING,
-                    )
-                elif idle > self.config.idle_timeout_s:
-                    session.close(f"no data for {self.config.idle_timeout_s:g} s", logging.WARNING)
+            self._sweep_once(time.monotonic())
+
+    def _sweep_once(self, now: float) -> None:
+        """One look at every connection (a function of its own: the last one looked at must
+        not stay referenced by the sweeper's frame after it has gone)."""
+        for session in list(self.sessions):
+            idle = now - session.last_data
+            age = now - session.connected_at
+            if not session.handshake_done and age > self.config.handshake_timeout_s:
+                session.close(
+                    f"handshake not completed within {self.config.handshake_timeout_s:g} s",
+                    logging.WARNING,
+                )
+            elif idle > self.config.idle_timeout_s:
+                session.close(f"no data for {self.config.idle_timeout_s:g} s", logging.WARNING)
 
     async def stop(self) -> None:
         if self._sweeper is not None:

@@ -82,8 +82,9 @@ async def publish(request: web.Request) -> web.Response:
 
     async def end(reason: str) -> None:
         if sessions.pop(session.id, None) is not None:
-            if session.pc is not None:
-                await engine_of(app).close(session.pc)
+            pc, session.pc = session.pc, None
+            if pc is not None:
+                await engine_of(app).close(pc)
             await app.unpublish(session.stream, reason)
 
     session.stream.terminator = end
