@@ -1,4 +1,10 @@
-"""An ended publish session keeps nothing of its publisher.
+"""How publish sessions end: not before their publisher ends them, and without leaving
+anything behind.
+
+An FFmpeg WHIP publish is not cut by ICE consent checks, which FFmpeg's muxer stops answering
+once media flows (aioice closed such sessions after about 33 s).
+
+An ended publish session keeps nothing of its publisher.
 
 The auto-snapshot plugin remembers which stream each session folder belongs to (the folder
 watcher's ``on_snapshot_saved`` says which stream wrote a file, also after it ended), so
@@ -15,6 +21,7 @@ import asyncio
 import gc
 import weakref
 
+import aioice.ice
 import pytest
 from aiortc import RTCPeerConnection
 
@@ -59,6 +66,26 @@ async def app(tmp_path):
         yield server
     finally:
         await server.stop()
+
+
+async def test_an_ffmpeg_whip_publish_outlives_unanswered_consent_checks(app, monkeypatch):
+    """Consent checks every 1 s instead of 5 s: unanswered, aioice closes after about 8 s;
+    FFmpeg publishes for 14 s and the session lasts until FFmpeg ends it."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 1)
+    url = f"http://127.0.0.1:{app.ports['http']}/whip/long"
+    pub = ffmpeg_whip(url, size="320x240", seconds=14)
+    try:
+        await until(lambda: app.streams.lookup("long") is not None)
+        stream = app.streams.get("long")
+        started = asyncio.get_running_loop().time()
+        await asyncio.to_thread(pub.proc.wait, 40)
+        lasted = asyncio.get_running_loop().time() - started
+        await until(lambda: app.streams.lookup("long") is None)
+    finally:
+        pub.stop()
+    assert lasted > 12, f"the publish ended after {lasted:.1f} s"
+    assert stream.frames.frames_in > 12 * 25
+    assert app.ended["whip", "WHIP DELETE"] == 1, app.ended  # FFmpeg ended it, not ICE
 
 
 async def test_an_ended_whip_session_leaves_no_peer_connection(app):

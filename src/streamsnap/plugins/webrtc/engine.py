@@ -6,6 +6,10 @@ stays flat however long a publisher stays. Audio is declined in the answer (``a=
 publishers send none, and nothing decodes it. Playing: a track that
 hands the newest picture of any stream (WebRTC, RTMP, RTSP) to aiortc's encoder as it arrives.
 
+Consent (RFC 7675): while a publisher's video arrives, it stands in for ICE consent checks
+(:func:`consent_from_media`): FFmpeg's WHIP muxer stops answering them once media flows, and
+aioice would close its session after about 33 s.
+
 ICE: no outside STUN unless ``[webrtc] ice_servers`` lists one; ``ice_addresses`` chooses the
 host candidates (aiortc/aioice offer every non-loopback interface and no way to choose, so the
 engine installs its own address list into aioice); ``public_address`` rewrites host candidates
@@ -19,6 +23,7 @@ import fractions
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aioice.ice
@@ -45,6 +50,39 @@ log = logging.getLogger(__name__)
 VIDEO_CLOCK = 90_000
 _CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$", re.M)
 _original_host_addresses = aioice.ice.get_host_addresses
+
+
+def consent_from_media(pc: RTCPeerConnection, last_media: Callable[[], float]) -> None:
+    """Let a publisher's media stand in for ICE consent checks while it arrives.
+
+    aioice asks the peer for consent (a STUN binding request) every ~5 s and closes the
+    connection after six unanswered ones. FFmpeg's WHIP muxer (9.0) answers binding requests
+    only during its handshake, so every FFmpeg WHIP publish was cut after about 33 s.
+    Consent protects a sender from flooding an address that never agreed (RFC 7675 section
+    1); to a publisher this server sends only RTCP, and video that arrived decrypted with the
+    session's SRTP keys came from the peer itself. So while video has arrived within two
+    consent intervals, no check is asked; once it stops, aioice's own checks take over (and
+    the engine's ``idle_timeout_s`` ends the publish). ``last_media``: the monotonic time of
+    the newest video frame (0 before the first). Call between the remote and the local
+    description: ICE connects, and starts the checks, after both."""
+    connections = {}
+    for transceiver in pc.getTransceivers():
+        ice = transceiver.receiver.transport.transport
+        connection = getattr(ice, "_connection", None)  # aioice.Connection; one when bundled
+        if connection is not None:
+            connections[id(connection)] = connection
+    for connection in connections.values():
+        checks = connection.query_consent  # aioice's own loop, bound to the connection
+
+        async def query_consent(checks: Callable[[], Any] = checks) -> None:
+            started = time.monotonic()
+            while True:
+                interval = aioice.ice.CONSENT_INTERVAL
+                await asyncio.sleep(interval)
+                if time.monotonic() - (last_media() or started) > 2 * interval:
+                    return await checks()
+
+        connection.query_consent = query_consent
 
 
 def configure_ice(config: WebRtcSettings) -> None:
@@ -144,6 +182,7 @@ class WebRtcEngine:
                 # audio is declined (a=inactive): no picture needs it, and received it would be
                 # decoded on a thread of its own, 50 frames a second, for nothing
                 transceiver.direction = "recvonly" if transceiver.kind == "video" else "inactive"
+            consent_from_media(pc, lambda: stream.frames.last_arrival)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception:
             await self.close(pc)
