@@ -1,11 +1,11 @@
-# streamsnap: make install | run | test | bench | bench-endurance | dist
+# streamsnap: make install | run | test | bench | bench-cameras | bench-endurance | dist
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 CONFIG ?= conf/streamsnap.toml
 
-.PHONY: install run test test-deps lint bench bench-endurance dist clean
+.PHONY: install run test test-deps lint bench bench-cameras bench-endurance dist clean
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -41,6 +41,12 @@ bench: $(VENV)/.test-installed
 	$(PIP) install -e '.[bench]'
 	scripts/install-system-deps.sh bench
 	$(BIN)/python bench/run.py
+
+# 720p RTSP cameras held, fed by a camera simulator that does not encode, against the FFmpeg
+# command line and OpenCV on the same cameras (bench/cameras.py; bench/out/cameras.md)
+bench-cameras: $(VENV)/.test-installed
+	$(PIP) install -e '.[bench]'
+	$(BIN)/python bench/cameras.py
 
 # an hour with 40 streams, auto snapshots and 20 REST snapshots a second: RSS, fds, threads
 # and p99 over time (bench/endurance.py; results in bench/out/, plot in bench/endurance.png)

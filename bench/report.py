@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import statistics
+from pathlib import Path
 
 from bench.common import ROOT, percentile
 from bench.part_capacity import PLOT, SATURATED_PCT, holds
@@ -117,8 +118,7 @@ def capacity_section(cap: dict) -> str:
         else ""
     )
     return f"""## Capacity (RTSP cameras)
-Camera: {cap["camera"]} (one shared encoder, a separate RTSP session and FFmpeg child per
-pull). Cameras are added in steps; at each step every camera is snapshotted once every
+Camera: {cap["camera"]} (a separate RTSP session and FFmpeg child per pull). Cameras are added in steps; at each step every camera is snapshotted once every
 {cap["interval_s"]:.0f} s (staggered) for {cap["window_s"]:.0f} s. A step holds when every
 snapshot succeeds, p99 <= 250 ms, streamsnap (server + FFmpeg children) leaves >= 30 % of
 the machine's CPU, and the machine is not saturated ("machine busy" < {SATURATED_PCT} %: it also
@@ -258,7 +258,24 @@ def targets_section(results: dict) -> str:
     )
 
 
-def summarize(results: dict, argv: list[str]) -> str:
+KEEP_OPEN = "<!-- kept by bench/report.py: measurements made outside `make bench` -->"
+KEEP_CLOSE = "<!-- end of kept measurements -->"
+
+
+def kept_text(path: Path = ROOT / "BENCHMARKS.md") -> str:
+    """The hand-written block of the current BENCHMARKS.md (other benches' figures, notes),
+    markers included, for the next report to keep; "" when there is none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    start, end = text.find(KEEP_OPEN), text.find(KEEP_CLOSE)
+    if start < 0 or end < start:
+        return ""
+    return text[start : end + len(KEEP_CLOSE)] + "\n\n"
+
+
+def summarize(results: dict, argv: list[str], kept: str = "") -> str:
     runs_text = (
         "\n".join(
             f"- {part}: `{r['command']}` at {r['time']}"
@@ -357,7 +374,7 @@ run, on the same streams; `--only PART` re-runs one part and keeps the others' l
 Raw numbers: `bench/out/results.json` (not committed). The parts below come from:
 {runs_text}
 
-Machine: {info["cpu"]}, {info["cores"]} cores, {info["memory_gib"]} GiB, Linux {info["kernel"]},
+{kept}Machine: {info["cpu"]}, {info["cores"]} cores, {info["memory_gib"]} GiB, Linux {info["kernel"]},
 Python {info["python"]}, PyAV's libavcodec {info["pyav_ffmpeg"]}, {info["ffmpeg_cli"]}.
 
 Streams: 30 fps H.264 (x264 `veryfast`, B-frames, GOP 60 = 2 s) + AAC, looped in real time by

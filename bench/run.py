@@ -32,7 +32,7 @@ from bench.part_idle import bench_idle  # noqa: E402
 from bench.part_latency import bench_latency  # noqa: E402
 from bench.part_rtsp import bench_rtsp  # noqa: E402
 from bench.part_webrtc import bench_webrtc  # noqa: E402
-from bench.report import summarize  # noqa: E402
+from bench.report import kept_text, summarize  # noqa: E402
 from tests.helpers.nginx import NginxRtmp, nginx_available  # noqa: E402
 from tests.helpers.server import ServerProcess, write_config  # noqa: E402
 
@@ -77,7 +77,7 @@ def main() -> int:
         **{k: previous.get(k, {}) for k in RESULT_KEYS},
     }
     if args.report:
-        (ROOT / "BENCHMARKS.md").write_text(summarize(results, []))
+        (ROOT / "BENCHMARKS.md").write_text(summarize(results, [], kept_text()))
         return 0
 
     def run(part: str) -> bool:
@@ -155,7 +155,7 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(results, indent=1))
     argv = ["python", "bench/run.py", *sys.argv[1:]]
-    report = summarize(results, argv)
+    report = summarize(results, argv, kept_text())
     (ROOT / "BENCHMARKS.md").write_text(report)
     log("wrote BENCHMARKS.md")
     print(report)
