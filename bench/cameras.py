@@ -38,7 +38,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,13 +45,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
     OUT,
-    LeanClient,
     SimCameras,
     camera_h264,
     cpu_seconds,
     log,
     machine,
     percentile,
+    scheduled,
+    threaded_rest_snapshot,
     tree_cpu_seconds,
     tree_pss_mib,
 )
@@ -104,33 +104,6 @@ def floors(clip: Path, samples: int = 200) -> dict:
     }
 
 
-def scheduled(ask, names: list[str], interval: float, window: float) -> tuple[list[dict], int]:
-    """``ask(name)`` once per name every ``interval`` s, staggered, for ``window`` s, from
-    threads so that a slow answer never delays the schedule. Returns (answers, failures)."""
-    step = interval / len(names)
-    total = max(1, int(window / step))
-    start = time.monotonic()
-    order = random.sample(names, len(names))
-
-    def one(name: str) -> dict | None:
-        try:
-            return ask(name)
-        except Exception as exc:
-            log(f"  snapshot of {name} failed: {exc!r}")
-            return None
-
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        futures = []
-        for k in range(total):
-            delay = start + k * step - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            futures.append(pool.submit(one, order[k % len(order)]))
-        results = [f.result() for f in futures]
-    answers = [r for r in results if r is not None]
-    return answers, len(results) - len(answers)
-
-
 def summary(answers: list[dict], failed: int) -> dict:
     lat = [a["ms"] for a in answers]
     fresh = [a["fresh_ms"] for a in answers if a.get("fresh_ms") is not None]
@@ -176,20 +149,6 @@ def streamsnap_step(sim: SimCameras, n: int, interval: float, window: float, bar
     )
     server = ServerProcess(config, cwd=work).start()
     pid = server.proc.pid
-    local = threading.local()
-
-    def ask(name: str) -> dict:
-        if not hasattr(local, "client"):
-            local.client = LeanClient(server.http)
-        body = json.dumps({"streamName": name}).encode()
-        ms, status, raw = local.client.request(
-            "POST", "/rest-api/stream/snapshot", body, {"Content-Type": "application/json"}
-        )
-        if status != 200:
-            raise RuntimeError(f"{status}: {raw[:200]!r}")
-        age = local.client.headers.get("X-Frame-Age-Ms")
-        return {"ms": ms, "fresh_ms": float(age) + ms if age is not None else None}
-
     try:
         deadline = time.monotonic() + 120
         late = []
@@ -207,7 +166,7 @@ def streamsnap_step(sim: SimCameras, n: int, interval: float, window: float, bar
         c0, (b0, t0), s0 = tree_cpu_seconds(pid), machine_jiffies(), cpu_seconds(sim.pid)
         dropped0 = sim.stats().get("dropped", 0.0)
         w0 = time.monotonic()
-        answers, failed = scheduled(ask, names, interval, window)
+        answers, failed = scheduled(threaded_rest_snapshot(server), names, interval, window)
         wall = time.monotonic() - w0
         c1, (b1, t1), s1 = tree_cpu_seconds(pid), machine_jiffies(), cpu_seconds(sim.pid)
         cpu = (c1 - c0) / wall * 100

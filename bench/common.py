@@ -17,6 +17,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.helpers.media import FFMPEG
 from tests.helpers.server import ServerProcess
@@ -276,6 +277,63 @@ def rest_snapshot(server: ServerProcess, name: str) -> tuple[float, dict[str, fl
 
 def rest_snapshot_ms(server: ServerProcess, name: str) -> float:
     return rest_snapshot(server, name)[0]
+
+
+def scheduled(
+    ask: Callable[[str], Any], names: list[str], interval: float, window: float
+) -> tuple[list[Any], int]:
+    """``ask(name)`` once per name every ``interval`` s, staggered, for ``window`` s, from
+    threads so that a slow answer never delays the schedule. Returns (answers, failures)."""
+    step = interval / len(names)
+    total = max(1, int(window / step))
+    start = time.monotonic()
+    import random
+
+    order = random.sample(names, len(names))
+
+    def one(name: str) -> dict | None:
+        try:
+            return ask(name)
+        except Exception as exc:
+            log(f"  snapshot of {name} failed: {exc!r}")
+            return None
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        futures = []
+        for k in range(total):
+            delay = start + k * step - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(one, order[k % len(order)]))
+        results = [f.result() for f in futures]
+    answers = [r for r in results if r is not None]
+    return answers, len(results) - len(answers)
+
+
+def threaded_rest_snapshot(server: ServerProcess) -> Callable[[str], dict[str, float | None]]:
+    """A REST snapshot timer for :func:`scheduled`: a kept-alive client per thread (one
+    connection must not be shared by threads). Returns ``ms`` to the last byte and
+    ``fresh_ms``, how old the picture is when it has arrived (``X-Frame-Age-Ms`` plus the
+    transfer; None without the header); raises on an error answer."""
+    import threading
+
+    local = threading.local()
+
+    def ask(name: str) -> dict[str, float | None]:
+        if not hasattr(local, "client"):
+            local.client = LeanClient(server.http)
+        body = json.dumps({"streamName": name}).encode()
+        ms, status, raw = local.client.request(
+            "POST", "/rest-api/stream/snapshot", body, {"Content-Type": "application/json"}
+        )
+        if status != 200:
+            raise RuntimeError(f"{status}: {raw[:200]!r}")
+        age = local.client.headers.get("X-Frame-Age-Ms")
+        return {"ms": ms, "fresh_ms": float(age) + ms if age is not None else None}
+
+    return ask
 
 
 def child_pids(pid: int) -> list[int]:

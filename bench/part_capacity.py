@@ -20,7 +20,8 @@ from bench.common import (
     camera_h264,
     log,
     percentile,
-    rest_snapshot_ms,
+    scheduled,
+    threaded_rest_snapshot,
     tree_cpu_seconds,
     tree_pss_mib,
 )
@@ -34,36 +35,6 @@ def machine_jiffies() -> tuple[float, float]:
     fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     total = sum(fields[:8])
     return total - fields[3] - fields[4], total
-
-
-def scheduled_snapshots(
-    server: ServerProcess, urls: list[str], interval: float, window: float
-) -> tuple[list[float], int]:
-    """Snapshot every camera once every ``interval`` seconds, staggered evenly, for ``window``
-    seconds; requests run in threads so that a slow one never delays the schedule."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(url: str) -> float | None:
-        try:
-            return rest_snapshot_ms(server, url)
-        except Exception as exc:  # counted as a failure, reported with the server's reason
-            body = exc.read()[:300].decode("utf-8", "replace") if hasattr(exc, "read") else ""
-            log(f"  snapshot of {url} failed: {exc} {body}")
-            return None
-
-    step = interval / len(urls)
-    total = int(window / step)
-    start = time.monotonic()
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        futures = []
-        for k in range(total):
-            delay = start + k * step - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            futures.append(pool.submit(one, urls[k % len(urls)]))
-        results = [f.result() for f in futures]
-    lat = [r for r in results if r is not None]
-    return lat, len(results) - len(lat)
 
 
 SATURATED_PCT = 95  # machine busy from here on: readings are capped by the CPU that is left
@@ -129,7 +100,10 @@ def bench_capacity(counts: list[int], window: float, interval: float = 10.0) -> 
                     time.sleep(5)
                     c0, (b0, t0) = tree_cpu_seconds(pid), machine_jiffies()
                     w0 = time.monotonic()
-                    lat, failed = scheduled_snapshots(server, urls, interval, window)
+                    answers, failed = scheduled(
+                        threaded_rest_snapshot(server), urls, interval, window
+                    )
+                    lat = [a["ms"] for a in answers]
                     wall = time.monotonic() - w0
                     c1, (b1, t1) = tree_cpu_seconds(pid), machine_jiffies()
                     cpu = (c1 - c0) / wall * 100  # % of one core: server + FFmpeg children
