@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 
 import pytest
 
@@ -35,7 +36,20 @@ async def test_packets_come_in_order_with_the_codec_first(mjpeg_nut):
     assert packets[1].pts - packets[0].pts in (33, 34)
 
 
-async def test_nothing_is_delivered_once_the_reader_is_cancelled(mjpeg_nut):
+async def test_nothing_is_delivered_once_the_reader_is_cancelled(mjpeg_nut, monkeypatch):
+    # a demuxer that takes 10 ms a packet, as one paced by a live pipe: it still holds most of
+    # the clip when the cancellation is seen (unpaced, it could post all 120 packets before the
+    # loop ran the first, and those come before the cancellation)
+    demux = nut._demux
+
+    def paced(feed, post, on_codec, on_packet):
+        def slow_post(*args):
+            time.sleep(0.01)
+            post(*args)
+
+        demux(feed, slow_post, on_codec, on_packet)
+
+    monkeypatch.setattr(nut, "_demux", paced)
     reader = asyncio.StreamReader()
     reader.feed_data(mjpeg_nut)  # all of it queued: the demuxer could go on for a while
     delivered: list = []
