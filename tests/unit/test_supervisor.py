@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from streamsnap.core.supervisor import (
+    ChildExit,
     FfmpegSupervisor,
+    PipeSink,
     SupervisorPolicy,
     mask_credentials,
 )
@@ -165,3 +167,60 @@ async def test_real_ffmpeg_child_is_supervised():
 )
 def test_credentials_are_masked(text, masked):
     assert mask_credentials(text) == masked
+
+
+def make_sink(argv: list[str], parse, **policy) -> tuple[FfmpegSupervisor, list[ChildExit]]:
+    """A supervisor whose child's stdout goes to a PipeSink calling ``parse(sup, data)``."""
+    exits: list[ChildExit] = []
+    ref: list[FfmpegSupervisor] = []
+
+    def sink() -> PipeSink:
+        return PipeSink(lambda data: parse(ref[0], data), lambda: None)
+
+    async def unused(stdout: asyncio.StreamReader) -> None:
+        raise AssertionError("stdout goes to the sink")
+
+    sup = FfmpegSupervisor(
+        "sink child",
+        lambda: argv,
+        unused,
+        SupervisorPolicy(**policy),
+        on_exit=exits.append,
+        sink=sink,
+    )
+    ref.append(sup)
+    return sup, exits
+
+
+async def test_a_sink_gets_the_output_and_its_pipes_are_closed_after_each_run():
+    await asyncio.sleep(0)
+    fds_before = open_fds()
+    seen: list[bytes] = []
+
+    def parse(sup: FfmpegSupervisor, data: bytes) -> None:
+        seen.append(data)
+        sup.progress()
+
+    for _ in range(50):
+        sup, _exits = make_sink(TICKER, parse, stop_timeouts_s=(1.0, 1.0, 1.0))
+        sup.start()
+        await wait_until(lambda s=sup: s.running)
+        await sup.stop()
+    assert b"".join(seen).startswith(b"tick\n")
+    await asyncio.sleep(0.1)
+    assert children() == []
+    assert open_fds() <= fds_before + 2  # neither end of any stdout pipe left open
+
+
+async def test_output_a_sink_cannot_parse_restarts_the_child(caplog):
+    def parse(sup: FfmpegSupervisor, data: bytes) -> None:
+        sup.progress()
+        raise ValueError("not what was expected")
+
+    sup, exits = make_sink(TICKER, parse, backoff_initial_s=0.05, stop_timeouts_s=(1, 1, 1))
+    sup.start()
+    await wait_until(lambda: len(exits) >= 2)
+    await sup.stop()
+    # the ticker never ends by itself: the sink's error stopped it, and it was started again
+    assert exits[0].kind == "exited" and sup.starts >= 2
+    assert "output not understood: not what was expected" in caplog.text

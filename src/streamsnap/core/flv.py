@@ -8,9 +8,8 @@ the RTMP server and the FFmpeg pulls.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -151,28 +150,55 @@ class FlvError(ValueError):
     """The byte stream is not FLV."""
 
 
-MAX_TAG_BYTES = 16 << 20
+class TagParser:
+    """An FLV byte stream cut into tags as it arrives (FFmpeg's output on a pipe):
+    ``on_tag(tag type, timestamp ms, data)`` for every complete tag of what :meth:`feed` is
+    given, in one pass over each read. :meth:`end` says whether the stream ended cleanly."""
 
+    def __init__(self, on_tag: Callable[[int, int, bytes], None]) -> None:
+        self.on_tag = on_tag
+        self._buffer = bytearray()
+        self._header_done = False
 
-async def read_tags(reader: asyncio.StreamReader) -> AsyncIterator[tuple[int, int, bytes]]:
-    """Yield ``(tag type, timestamp ms, data)`` from an FLV byte stream until it ends."""
-    header = await reader.readexactly(9)
-    if header[:3] != b"FLV":
-        raise FlvError(f"not an FLV stream (starts with {header[:3]!r})")
-    offset = int.from_bytes(header[5:9], "big")
-    if offset > 9:
-        await reader.readexactly(offset - 9)
-    await reader.readexactly(4)  # PreviousTagSize0
-    while True:
+    def feed(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        pos = 0
+        if not self._header_done:
+            if len(buffer) < 9:
+                return
+            if buffer[:3] != b"FLV":
+                raise FlvError(f"not an FLV stream (starts with {bytes(buffer[:3])!r})")
+            offset = int.from_bytes(buffer[5:9], "big")
+            if len(buffer) < offset + 4:  # the header and PreviousTagSize0
+                return
+            pos = offset + 4
+            self._header_done = True
+        end = len(buffer)
+        on_tag = self.on_tag
         try:
-            head = await reader.readexactly(11)
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                raise FlvError("FLV stream cut inside a tag header") from None
-            return
-        size = int.from_bytes(head[1:4], "big")
-        if size > MAX_TAG_BYTES:
-            raise FlvError(f"FLV tag of {size} bytes")
-        ts = int.from_bytes(head[4:7], "big") | (head[7] << 24)
-        body = await reader.readexactly(size + 4)
-        yield head[0] & 0x1F, ts, body[:size]
+            while end - pos >= 11:
+                size = (buffer[pos + 1] << 16) | (buffer[pos + 2] << 8) | buffer[pos + 3]
+                if end - pos < 15 + size:
+                    break  # the rest of this tag is still in the pipe
+                ts = (
+                    (buffer[pos + 4] << 16)
+                    | (buffer[pos + 5] << 8)
+                    | buffer[pos + 6]
+                    | (buffer[pos + 7] << 24)
+                )
+                kind = buffer[pos] & 0x1F
+                data = bytes(buffer[pos + 11 : pos + 11 + size])
+                pos += 15 + size  # the tag and its PreviousTagSize
+                on_tag(kind, ts, data)
+        finally:
+            del buffer[:pos]  # what was delivered is gone, also when ``on_tag`` raised
+
+    def end(self) -> None:
+        """The stream ended: raises when it ended before its header or inside a tag."""
+        left = len(self._buffer)
+        if not self._header_done:
+            raise FlvError("FLV stream ended before its header")
+        if left:
+            where = "header" if left < 11 else "body"
+            raise FlvError(f"FLV stream cut inside a tag {where} ({left} bytes left)")

@@ -15,6 +15,8 @@ would have nothing to change. Anything unexpected leaves the SPS as it was.
 
 from __future__ import annotations
 
+import functools
+
 NAL_SPS = 7
 _HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
 
@@ -167,6 +169,11 @@ def _put_bits(out: list[int], value: int, n: int) -> None:
 def no_reorder_sps(nal: bytes) -> bytes:
     """An SPS NAL unit (header byte included) with ``max_num_reorder_frames = 0``; the NAL as
     it was when it has no bitstream restriction, already says 0, or cannot be parsed."""
+    return _no_reorder_sps(bytes(nal))
+
+
+@functools.lru_cache(maxsize=64)  # a camera repeats its SPS at every keyframe
+def _no_reorder_sps(nal: bytes) -> bytes:
     if not nal or nal[0] & 0x1F != NAL_SPS:
         return nal
     rbsp = _unescape(nal[1:])

@@ -165,7 +165,7 @@ class PluginManager(pluggy.PluginManager):
                 continue
             finally:
                 guard.took(impl.plugin_name, "on_frame", time.perf_counter() - started, stream)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):  # the ABC check is slow
                 guard.spawn_result(result, impl.plugin_name, "on_frame")
 
     @staticmethod

@@ -20,6 +20,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +107,71 @@ class ChildExit:
 
 
 Consumer = Callable[[asyncio.StreamReader], Awaitable[None]]
+STDOUT_LIMIT = 1 << 16  # asyncio's own default for a child's pipes
+
+
+class PipeSink:
+    """A child's stdout parsed where it arrives, in the pipe transport's callback: no buffer in
+    between and no task to wake, so a camera's frame costs the event loop one callback instead
+    of a read, a buffer copy and a task step (BENCHMARKS.md). ``parse(data)`` gets every read,
+    ``finish()`` the end of the pipe; the first exception of either ends the consumption,
+    which the supervisor treats like a consumer that failed."""
+
+    def __init__(self, parse: Callable[[bytes], None], finish: Callable[[], None]) -> None:
+        self._parse = parse
+        self._finish = finish
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.BaseTransport | None = None  # the pipe, once connected
+
+    def close(self) -> None:
+        """Stop reading (the child is gone or being stopped); nothing is delivered after."""
+        if not self.done.done():
+            self.done.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    def feed(self, data: bytes) -> None:
+        if self.done.done():
+            return  # failed, or nobody listens any more: the child is being stopped
+        try:
+            self._parse(data)
+        except Exception as exc:
+            self.done.set_exception(exc)
+
+    def end(self) -> None:
+        if self.done.done():
+            return
+        try:
+            self._finish()
+        except Exception as exc:
+            self.done.set_exception(exc)
+        else:
+            self.done.set_result(None)
+
+
+class _SinkProtocol(asyncio.Protocol):
+    """The read end of a child's stdout, each read handed straight to a :class:`PipeSink`
+    (asyncio's subprocess protocol would first schedule every read as a callback of its own)."""
+
+    def __init__(self, sink: PipeSink) -> None:
+        self.sink = sink
+
+    def data_received(self, data: bytes) -> None:
+        self.sink.feed(data)
+
+    def eof_received(self) -> bool | None:
+        self.sink.end()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sink.end()  # a no-op after eof_received
 
 
 class FfmpegSupervisor:
     """Keeps one child running: ``build_argv()`` gives its command line, ``consume(stdout)``
-    reads its output and must call :meth:`progress` as data arrives."""
+    reads its output and must call :meth:`progress` as data arrives. ``sink()``, when given,
+    is asked before each start for a :class:`PipeSink` to take stdout instead (None: this
+    start is read by ``consume``)."""
 
     def __init__(
         self,
@@ -119,10 +180,12 @@ class FfmpegSupervisor:
         consume: Consumer,
         policy: SupervisorPolicy | None = None,
         on_exit: Callable[[ChildExit], None] | None = None,
+        sink: Callable[[], PipeSink | None] | None = None,
     ) -> None:
         self.name = name
         self.build_argv = build_argv
         self.consume = consume
+        self.sink = sink
         self.policy = policy or SupervisorPolicy()
         self.on_exit = on_exit
         self.state = "new"  # new, starting, running, backoff, stopping, stopped
@@ -195,14 +258,9 @@ class FfmpegSupervisor:
         self._progressed = False
         self._fatal.clear()
         self.stderr_tail.clear()
+        sink = self.sink() if self.sink is not None else None
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
+            proc = await self._spawn(argv, sink)
         except OSError as exc:
             log.error("%s: cannot start %s: %s", self.name, argv[0], exc)
             return ChildExit("exited", "Failed to start FFmpeg", str(exc), None)
@@ -211,8 +269,10 @@ class FfmpegSupervisor:
         self.starts += 1
         self._last_progress = time.monotonic()
         log.info("%s: started pid %d: %s", self.name, proc.pid, mask_credentials(" ".join(argv)))
-        assert proc.stdout is not None and proc.stderr is not None
-        consumer = asyncio.ensure_future(self._consume(proc.stdout))
+        assert proc.stderr is not None and (sink is not None or proc.stdout is not None)
+        consumer = asyncio.ensure_future(
+            self._consume(proc.stdout) if sink is None else self._drained(sink)  # type: ignore[arg-type]
+        )
         stderr = asyncio.ensure_future(self._read_stderr(proc.stderr))
         waiter = asyncio.ensure_future(proc.wait())
         stopper = asyncio.ensure_future(self._stopping.wait())
@@ -253,6 +313,8 @@ class FfmpegSupervisor:
             stopper.cancel()
             fatal.cancel()
             await self._terminate(proc)
+            if sink is not None:
+                sink.close()
             for task in (consumer, stderr):
                 if not task.done():
                     task.cancel()
@@ -262,6 +324,34 @@ class FfmpegSupervisor:
 
     async def _consume(self, stdout: asyncio.StreamReader) -> None:
         await self.consume(stdout)
+
+    @staticmethod
+    async def _drained(sink: PipeSink) -> None:
+        await sink.done
+
+    @staticmethod
+    async def _spawn(argv: list[str], sink: PipeSink | None) -> asyncio.subprocess.Process:
+        options: dict[str, Any] = {
+            "stdin": asyncio.subprocess.DEVNULL,
+            "stdout": asyncio.subprocess.PIPE,
+            "stderr": asyncio.subprocess.PIPE,
+            "start_new_session": True,
+        }
+        if sink is None:
+            return await asyncio.create_subprocess_exec(*argv, **options)
+        # stdout on a pipe of our own, read by a plain protocol: one callback per read
+        read_end, write_end = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, **{**options, "stdout": write_end})
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)  # the child holds it: its exit is the pipe's end
+        pipe = open(read_end, "rb", buffering=0)  # noqa: SIM115 - the transport closes it
+        loop = asyncio.get_running_loop()
+        sink.transport, _ = await loop.connect_read_pipe(lambda: _SinkProtocol(sink), pipe)
+        return proc
 
     def _consumer_failure(self, consumer: asyncio.Future[None]) -> str:
         exc = consumer.exception()

@@ -15,7 +15,13 @@ import ffmpeg  # ffmpeg-python: builds the command line
 from ...core import flv, hosts, nut
 from ...core.app import App
 from ...core.errors import SnapshotError
-from ...core.supervisor import ChildExit, FfmpegSupervisor, SupervisorPolicy, mask_credentials
+from ...core.supervisor import (
+    ChildExit,
+    FfmpegSupervisor,
+    PipeSink,
+    SupervisorPolicy,
+    mask_credentials,
+)
 from .rtsp_relay import RtspRelay
 from .urls import (
     PROTOCOL_WHITELISTS,
@@ -83,6 +89,7 @@ class Pull:
                 backoff_max_s=cfg.backoff_max_s,
             ),
             on_exit=self.on_exit,
+            sink=self.sink,
         )
         if url.username is not None:
             self.stream.check_name = self._check_name
@@ -134,21 +141,29 @@ class Pull:
             self.plugin.ffmpeg,
             "-hide_banner",
             "-nostdin",
+            "-nostats",  # the progress line would be built twice a second and never shown
             "-loglevel",
             "warning",
             *out.get_args(),
         ]
 
+    def sink(self) -> PipeSink | None:
+        """FLV is cut into tags where the pipe delivers it; NUT goes to its demuxer thread
+        through :meth:`consume`."""
+        if self.container != "flv":
+            return None
+        parser = flv.TagParser(self._flv_tag)
+        return PipeSink(parser.feed, parser.end)
+
     async def consume(self, stdout: asyncio.StreamReader) -> None:
-        if self.container == "nut":
-            await nut.read_packets(stdout, self._nut_codec, self._nut_packet, self.name)
+        await nut.read_packets(stdout, self._nut_codec, self._nut_packet, self.name)
+
+    def _flv_tag(self, tag_type: int, ts: int, data: bytes) -> None:
+        self.supervisor.progress()
+        if tag_type != 9 or not data:
             return
-        async for tag_type, ts, data in flv.read_tags(stdout):
-            self.supervisor.progress()
-            if tag_type != 9 or not data:
-                continue
-            flv.ingest_video(self.app, self.stream, data, ts)
-            self._check_receiving()
+        flv.ingest_video(self.app, self.stream, data, ts)
+        self._check_receiving()
 
     def _nut_codec(self, codec: str, extradata: bytes | None) -> None:
         self.supervisor.progress()
