@@ -280,6 +280,7 @@ class App:
             if stream is None:
                 raise StreamNotFound(f"stream {name!r} not found")
         stream.touch()
+        stream.frames.flush_source()  # a paced source's queued frames, before anyone looks
         return stream
 
     async def snapshot(self, name: str, request: SnapshotRequest | None = None) -> Snapshot:

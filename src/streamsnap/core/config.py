@@ -121,6 +121,9 @@ class StreamsConfig:
     decode_cpu_budget: float = 0.6  # share of all cores below which warm streams stay decoded
     # no video for this long while the source stays connected: the stream is stale (0: never)
     stale_after_s: float = setting(10.0, minimum=0)
+    # a source nobody watches (RTMP, pulls) is read every read_interval_ms instead of at every
+    # packet; a request naming the stream reads what is queued first (0: every packet at once)
+    read_interval_ms: int = setting(100, minimum=0, maximum=1000)
     # the packets of the last history_s seconds are kept, for pictures of the past (?at=),
     # at most history_max_bytes of them per stream
     history_s: float = setting(0.0, minimum=0, maximum=3600)

@@ -16,12 +16,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import av
 
 from . import h264, history
 from .history import History
+
+if TYPE_CHECKING:
+    from .pacing import ReadPacer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,9 @@ class _Packet(NamedTuple):
     arrival: int  # Unix ms when the server received it
 
 
+# a source clock that moved by more than this against ours jumped (a new session, a wrap)
+CLOCK_RESYNC_MS = 2000
+PACED_SLACK_MS = 20  # a paced read comes a loop turn after its timer, not at once
 # FFmpeg decoders to try per codec, best first: FFmpeg's native AV1 decoder only drives
 # hardware (software decoding fails with ENOSYS), libdav1d decodes AV1 on the CPU
 DECODERS = {"av1": ("libdav1d", "libaom-av1", "av1")}
@@ -138,6 +144,9 @@ class FrameStore:
         self.frames_decoded = 0  # frames fed to the decoder and not skipped (H.264)
         self.continuous = False  # decoded as frames arrive (the decode policy decides)
         self.decodes_itself = False  # pictures arrive decoded (push_picture)
+        self.pacer: ReadPacer | None = None  # paces the reads of the source (pacing.py)
+        self.read_late_ms = 0  # how late the read being handled may be (after a paced pause)
+        self._clock_offset: int | None = None  # our clock minus the source's, least seen
 
     # ---------------------------------------------------------------- ingest (event loop)
     def set_codec(self, codec_name: str, extradata: bytes | None = None) -> None:
@@ -189,6 +198,18 @@ class FrameStore:
         self.bytes_in += size
         now = self.last_arrival = time.monotonic()
         arrival = int(time.time() * 1000)
+        decode_ts = pts if dts is None else dts
+        seen = arrival - decode_ts  # the source's clock against ours, and the way here
+        offset = self._clock_offset
+        if offset is None or seen < offset or seen > offset + CLOCK_RESYNC_MS:
+            self._clock_offset = seen  # the first frame, a quicker one, or the source jumped
+        else:
+            self._clock_offset = offset + 1  # creeps up: clocks drift, the least is renewed
+        if self.read_late_ms and offset is not None:
+            # a paced read: the frame came some time since the pause; when, the source's
+            # clock tells (the read's own time is the latest it can have been)
+            earliest = arrival - self.read_late_ms - PACED_SLACK_MS
+            arrival = max(earliest, min(arrival, decode_ts + offset))
         self._recent.append((now, size))
         if self.codec_error and self.decoder:
             self.codec_error = ""  # a stray tag of an unknown codec on a stream we decode
@@ -245,6 +266,7 @@ class FrameStore:
         with self._state:  # a decode in progress publishes nothing after this
             self._epoch += 1
             self._codec_gen += 1  # its decoder, and the pictures it holds, go with the stream
+            self._clock_offset = None  # the next source has a clock of its own
             self._gop = []
             self._gop_bytes = 0
             self._gop_id += 1
@@ -321,10 +343,21 @@ class FrameStore:
             await self._next_wake(timeout)
         return self.newest_index > index
 
+    def flush_source(self) -> None:
+        """Take what the source has queued for a paced read now (someone looks)."""
+        if self.pacer is not None:
+            self.pacer.flush()
+
+    def pace_ok(self) -> bool:
+        """Whether the source may be read in paced turns: nobody decodes it as it comes or
+        waits for its next frame."""
+        return not (self.continuous or self._waiters or self.decodes_itself)
+
     async def _next_wake(self, timeout: float) -> None:
         """Sleep until :meth:`wake` (a frame, or a failure) or ``timeout`` seconds."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
+        self.flush_source()  # what is queued may be the frame waited for; the rest comes live
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:

@@ -20,7 +20,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .pacing import ReadPacer
+
+if TYPE_CHECKING:
+    from .frames import FrameStore
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +122,30 @@ class PipeSink:
     ``finish()`` the end of the pipe; the first exception of either ends the consumption,
     which the supervisor treats like a consumer that failed."""
 
-    def __init__(self, parse: Callable[[bytes], None], finish: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        parse: Callable[[bytes], None],
+        finish: Callable[[], None],
+        pace: tuple[FrameStore, float] | None = None,
+    ) -> None:
         self._parse = parse
         self._finish = finish
+        self.pace = pace  # the frames the output feeds, and the read interval (pacing.py)
+        self.pacer: ReadPacer | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.BaseTransport | None = None  # the pipe, once connected
+        self.transport: asyncio.ReadTransport | None = None  # the pipe, once connected
+
+    def connected(self, transport: asyncio.ReadTransport) -> None:
+        self.transport = transport
+        if self.pace is not None and self.pace[1] > 0:
+            self.pacer = ReadPacer(transport, self.pace[0], self.feed, self.pace[1])
 
     def close(self) -> None:
         """Stop reading (the child is gone or being stopped); nothing is delivered after."""
         if not self.done.done():
             self.done.cancel()
+        if self.pacer is not None:
+            self.pacer.close()
         if self.transport is not None:
             self.transport.close()
 
@@ -158,6 +177,8 @@ class _SinkProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.sink.feed(data)
+        if self.sink.pacer is not None:
+            self.sink.pacer.after_read(len(data))
 
     def eof_received(self) -> bool | None:
         self.sink.end()
@@ -350,7 +371,8 @@ class FfmpegSupervisor:
             os.close(write_end)  # the child holds it: its exit is the pipe's end
         pipe = open(read_end, "rb", buffering=0)  # noqa: SIM115 - the transport closes it
         loop = asyncio.get_running_loop()
-        sink.transport, _ = await loop.connect_read_pipe(lambda: _SinkProtocol(sink), pipe)
+        transport, _ = await loop.connect_read_pipe(lambda: _SinkProtocol(sink), pipe)
+        sink.connected(transport)
         return proc
 
     def _consumer_failure(self, consumer: asyncio.Future[None]) -> str:

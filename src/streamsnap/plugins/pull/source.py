@@ -153,7 +153,8 @@ class Pull:
         if self.container != "flv":
             return None
         parser = flv.TagParser(self._flv_tag)
-        return PipeSink(parser.feed, parser.end)
+        interval = self.app.config.streams.read_interval_ms / 1000
+        return PipeSink(parser.feed, parser.end, pace=(self.stream.frames, interval))
 
     async def consume(self, stdout: asyncio.StreamReader) -> None:
         await nut.read_packets(stdout, self._nut_codec, self._nut_packet, self.name)

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 
 from ...core.errors import Refused, StreamNameInUse
 from ...core.flv import audio_codec, ingest_video
+from ...core.pacing import ReadPacer
 from . import amf0
 from .chunks import (
     ACK,
@@ -88,6 +89,7 @@ class RtmpSession(asyncio.Protocol):
         self.last_data = self.connected_at = time.monotonic()
         self._backlog: deque[Message] = deque()
         self._busy = False
+        self.pacer: ReadPacer | None = None  # reads in paced turns once publishing
         self._closing_reason = ""
 
     # ---------------------------------------------------------------- asyncio callbacks
@@ -102,6 +104,7 @@ class RtmpSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = "closed"
         self.sessions.discard(self)
+        self._stop_pacing()
         if self.stream is not None:
             stream, self.stream = self.stream, None
             reason = self._closing_reason or ("connection reset" if exc else "publisher left")
@@ -118,8 +121,21 @@ class RtmpSession(asyncio.Protocol):
             if messages:
                 self._backlog.extend(messages)
                 self._drain_backlog()
+            if self.pacer is not None:
+                self.pacer.after_read(len(data))
         except (RtmpProtocolError, amf0.AmfError) as exc:
             self.close(f"protocol error: {exc}", level=logging.WARNING)
+
+    def _read_failed(self, exc: OSError) -> None:
+        """A read made for a request failed (the peer reset the connection)."""
+        self._closing_reason = "connection reset" if isinstance(exc, ConnectionError) else str(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _stop_pacing(self) -> None:
+        if self.pacer is not None:
+            self.pacer.close()
+            self.pacer = None
 
     # ---------------------------------------------------------------- handshake
     def _handshake(self, data: bytes) -> list[Message]:
@@ -244,6 +260,7 @@ class RtmpSession(asyncio.Protocol):
             self._on_publish(msg.stream_id, args)
         elif name in ("FCUnpublish", "deleteStream", "closeStream"):
             if self.stream is not None:
+                self._stop_pacing()
                 stream, self.stream = self.stream, None
                 self._await(
                     self.app.unpublish(stream, f"{name} from publisher"),
@@ -338,6 +355,11 @@ class RtmpSession(asyncio.Protocol):
             return
         self.stream = stream
         self.publish_name = name
+        interval = self.app.config.streams.read_interval_ms / 1000
+        if interval > 0 and self.transport is not None:
+            self.pacer = ReadPacer(
+                self.transport, stream.frames, self.data_received, interval, self._read_failed
+            )
         self._publish_stream_id = stream_id
         self._send(CSID_CONTROL, USER_CONTROL, 0, struct.pack(">HI", STREAM_BEGIN, stream_id))
         self._status(stream_id, "status", "NetStream.Publish.Start", f"{name} is now published.")
@@ -381,6 +403,7 @@ class RtmpSession(asyncio.Protocol):
             self._status(self._publish_stream_id, "status", "NetStream.Unpublish.Success", reason)
         self._closing_reason = reason
         self._state = "closed"
+        self._stop_pacing()
         self._backlog.clear()
         if self.transport is not None:
             self.transport.close()
