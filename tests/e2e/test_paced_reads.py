@@ -15,7 +15,7 @@ from streamsnap.core.config import from_mapping
 from streamsnap.core.plugins import make_plugin_manager
 from streamsnap.plugins.rtmp.session import RtmpSession
 from tests.helpers.media import FFMPEG
-from tests.helpers.rtmp_client import make_flv
+from tests.helpers.rtmp_client import RtmpClient, make_flv
 
 
 async def until(predicate, timeout: float = 20.0) -> None:
@@ -111,4 +111,41 @@ async def test_a_snapshot_reads_the_queued_frames_first_and_tells_their_age(tmp_
     finally:
         proc.kill()
         await proc.wait()
+        await app.stop()
+
+
+async def test_a_publisher_that_reconnects_at_once_gets_its_name_back(tmp_path):
+    """The old connection ended while its session waited for its next turn: the new publish
+    reads that end at once instead of being refused the name for up to a turn."""
+    app = await start_app(1000)
+    tags = make_flv(tmp_path / "again.flv", size="320x240", seconds=2, gop=15)
+    port = app.ports["rtmp"]
+    clients: list[RtmpClient] = []
+
+    def publish_with_client(send: int) -> str:
+        client = RtmpClient("127.0.0.1", port)
+        clients.append(client)
+        answer = repr(client.publish("again"))
+        for tag in tags[:send]:
+            client.send_tag(tag)
+        return answer
+
+    try:
+        assert "Publish.Start" in await asyncio.to_thread(publish_with_client, 80)
+        await until(lambda: app.streams.lookup("again") is not None)
+        stream = app.streams.get("again")
+        await until(lambda: stream.frames.frames_in >= 10)
+        session = session_of(app, "again")
+        await until(lambda: not session.pacer.paused, timeout=3)  # all read, waiting for more
+        reads = session.pacer.reads
+        await asyncio.to_thread(clients[0].send_tag, tags[80])
+        await until(lambda: session.pacer.reads > reads)  # read at once, then a turn's pause
+        assert session.pacer.paused
+        await asyncio.to_thread(clients[0].close)  # gone, and not read for up to a second
+        answer = await asyncio.to_thread(publish_with_client, 0)
+        assert "Publish.Start" in answer, answer
+        assert app.streams.get("again") is not stream
+    finally:
+        for client in clients:
+            client.close()
         await app.stop()

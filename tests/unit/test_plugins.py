@@ -525,6 +525,10 @@ async def test_hook_authorize_publish(flv):
         if proc.returncode is None:
             proc.kill()
         _, err = await proc.communicate()
+        for _ in range(100):  # its end is read at the session's next turn (paced reads)
+            if app.streams.lookup(stream_name) is None:
+                break
+            await asyncio.sleep(0.02)
         return live, err.decode(errors="replace")
 
     try:

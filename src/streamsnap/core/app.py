@@ -41,6 +41,9 @@ from .state import State
 from .streams import MemoryRegistry, Stream, StreamRegistry, reason_kind
 
 log = logging.getLogger(__name__)
+# loop turns from reading a connection's end to its stream's release (transport, protocol,
+# unpublish task), and some to spare
+PACED_END_TURNS = 10
 
 APP_KEY: web.AppKey[App] = web.AppKey("streamsnap_app", object)  # type: ignore[arg-type]
 _FAILED = object()
@@ -212,6 +215,15 @@ class App:
     async def claim(self, stream: Stream) -> None:
         """Register ``stream`` now (raises StreamNameInUse); :meth:`announce` must follow.
         Publishers go through ``admission.admit``, which checks them first."""
+        held = self.streams.lookup(stream.name)
+        if held is not None and held.frames.pacer is not None and held.frames.pacer.paused:
+            # a paced publisher may have left already (a reconnecting encoder): its
+            # connection's end is read now, and handled in the loop's next turns
+            held.frames.flush_source()
+            for _ in range(PACED_END_TURNS):
+                await asyncio.sleep(0)
+                if self.streams.lookup(stream.name) is not held:
+                    break
         await self.streams.claim(stream)
         log.info(
             "stream %s: published over %s from %s (mediaSessionId %s)",
