@@ -142,12 +142,7 @@ def streamsnap_step(sim: SimCameras, n: int, interval: float, window: float, bar
     camera figures are over the ``bare`` server's."""
     work = Path(tempfile.mkdtemp(prefix=f"bench-cameras-{n}-"))
     names = [f"cam{i}" for i in range(n)]
-    config = write_config(
-        work / "cameras.toml",
-        server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
-        pull={"cameras": [{"name": name, "url": sim.url(name)} for name in names]},
-    )
-    server = ServerProcess(config, cwd=work).start()
+    server = sim.server(names, work)
     pid = server.proc.pid
     try:
         deadline = time.monotonic() + 120

@@ -118,6 +118,17 @@ class SimCameras:
     def url(self, i: int | str) -> str:
         return f"rtsp://127.0.0.1:{self.port}/cam/{i}"
 
+    def server(self, names: list[str], work: Path) -> ServerProcess:
+        """A server started in ``work`` with these cameras in ``[[pull.cameras]]``."""
+        from tests.helpers.server import write_config
+
+        config = write_config(
+            work / "cameras.toml",
+            server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
+            pull={"cameras": [{"name": name, "url": self.url(name)} for name in names]},
+        )
+        return ServerProcess(config, cwd=work).start()
+
     def stats(self) -> dict[str, float]:
         found = [line for line in self.lines if line.startswith("stats ")]
         if not found:

@@ -22,19 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import SimCameras, camera_h264, child_pids, cpu_seconds, log  # noqa: E402
-from tests.helpers.server import ServerProcess, write_config  # noqa: E402
 
 
 def split(cameras: int, window: float) -> dict[str, float]:
     sim = SimCameras(camera_h264("1280x720"))
     work = Path(tempfile.mkdtemp(prefix="bench-idle-split-"))
     names = [f"cam{i}" for i in range(cameras)]
-    config = write_config(
-        work / "split.toml",
-        server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
-        pull={"cameras": [{"name": name, "url": sim.url(name)} for name in names]},
-    )
-    server = ServerProcess(config, cwd=work).start()
+    server = sim.server(names, work)
     pid = server.proc.pid
     try:
         for name in names:

@@ -32,19 +32,12 @@ from streamsnap.plugins.auto_snapshot import AUTO_SNAPSHOT
 from streamsnap.plugins.rtmp.session import RtmpSession
 from tests.helpers.media import FFMPEG, ffmpeg_whip
 from tests.helpers.rtmp_client import make_flv
+from tests.helpers.waits import until
 
 
 def live(kind: type) -> list:
     gc.collect()
     return [o for o in gc.get_objects() if isinstance(o, kind)]
-
-
-async def until(predicate, timeout: float = 20.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met")
 
 
 @pytest.fixture

@@ -16,14 +16,7 @@ from streamsnap.core.plugins import make_plugin_manager
 from streamsnap.plugins.rtmp.session import RtmpSession
 from tests.helpers.media import FFMPEG
 from tests.helpers.rtmp_client import RtmpClient, make_flv
-
-
-async def until(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met")
-        await asyncio.sleep(0.02)
+from tests.helpers.waits import until
 
 
 async def start_app(interval_ms: int) -> App:

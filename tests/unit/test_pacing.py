@@ -11,14 +11,7 @@ import pytest
 
 from streamsnap.core.frames import FrameStore
 from streamsnap.core.pacing import ReadPacer
-
-
-async def until(predicate, timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met")
-        await asyncio.sleep(0.005)
+from tests.helpers.waits import until
 
 
 @pytest.fixture
@@ -91,54 +84,37 @@ async def test_a_continuously_decoded_stream_is_never_paced(paced):
     assert not pacer.paused
 
 
-def test_frames_of_a_paced_read_are_stamped_with_their_arrival():
-    """A source sends a frame every 40 ms; the reads come in 200 ms turns. Each frame's
-    stamp follows the source's clock from the frames read at once, not the read's time."""
+KEY, DELTA = b"\x00\x00\x00\x01\x65", b"\x00\x00\x00\x01\x41"
+
+
+def stamps(monkeypatch, reads: list[tuple[float, int, list[int]]]) -> list[int]:
+    """Arrival stamps (ms from the start) of frames pushed in ``reads``: (ms since the last
+    read, how late the read may be, the frames' DTS); the first frame is a keyframe."""
+    now = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0] / 1000)
     store = FrameStore("stamps")
     store.set_codec("h264")
-    now = [1_000_000.0]
-    real_time = time.time
-    try:
-        time.time = lambda: now[0] / 1000  # type: ignore[assignment]
-        store.push_packet(b"\x00\x00\x00\x01\x65", 0, True, 0)  # read at once: 5 ms on the way
-        now[0] += 200 + 5  # four more frames sent at 40-160 ms, read together at 205 ms
-        store.read_late_ms = 200
-        for dts in (40, 80, 120, 160):
-            store.push_packet(b"\x00\x00\x00\x01\x41", dts, False, dts)
-        store.read_late_ms = 0
-    finally:
-        time.time = real_time  # type: ignore[assignment]
-    arrivals = [p.arrival - 1_000_000 for p in store._gop]
+    for after_ms, late_ms, dts_list in reads:
+        now[0] += after_ms
+        store.read_late_ms = late_ms
+        for dts in dts_list:
+            store.push_packet(DELTA if store._gop else KEY, dts, not store._gop, dts)
+    store.read_late_ms = 0
+    return [p.arrival - 1_000_000 for p in store._gop]
+
+
+def test_frames_of_a_paced_read_are_stamped_with_their_arrival(monkeypatch):
+    """A source sends a frame every 40 ms; the reads come in 200 ms turns. Each frame's
+    stamp follows the source's clock from the frames read at once, not the read's time."""
+    # read at once, then four frames sent at 40-160 ms and read together at 205 ms
+    arrivals = stamps(monkeypatch, [(0, 0, [0]), (205, 200, [40, 80, 120, 160])])
     # the first read fixes our clock against the source's at 0; each frame then is stamped
     # when the source's clock says it came (plus one ms a frame of drift allowance)
     assert arrivals[0] == 0
     assert all(abs(a - dts) <= 5 for a, dts in zip(arrivals[1:], (40, 80, 120, 160), strict=True))
 
 
-def test_a_paced_stamp_is_never_later_than_the_read_nor_earlier_than_the_pause():
-    store = FrameStore("bounds")
-    store.set_codec("h264")
-    now = [1_000_000.0]
-    real_time = time.time
-    try:
-        time.time = lambda: now[0] / 1000  # type: ignore[assignment]
-        store.push_packet(b"\x00\x00\x00\x01\x65", 0, True, 0)
-        now[0] += 100
-        store.read_late_ms = 100
-        store.push_packet(b"\x00\x00\x00\x01\x41", 5000, False, 5000)  # the source jumped ahead
-        store.push_packet(b"\x00\x00\x00\x01\x41", -9000, False, -9000)  # and back
-    finally:
-        time.time = real_time  # type: ignore[assignment]
-    arrivals = [p.arrival - 1_000_000 for p in store._gop]
+def test_a_paced_stamp_is_never_later_than_the_read_nor_earlier_than_the_pause(monkeypatch):
+    # the source's clock jumps ahead, then back, in a read 100 ms late at most
+    arrivals = stamps(monkeypatch, [(0, 0, [0]), (100, 100, [5000, -9000])])
     assert all(0 - 20 <= a <= 100 for a in arrivals[1:])
-
-
-async def test_a_full_read_does_not_pause_so_pacing_never_caps_the_rate(paced):
-    write_end, reads, pacer = paced
-    os.write(write_end, b"one")
-    await until(lambda: pacer.paused)
-    pacer.flush()
-    big = bytes(200_000)  # more than a pipe of 64 KiB holds: written while reads go on
-    writer = asyncio.get_running_loop().run_in_executor(None, os.write, write_end, big)
-    await until(lambda: sum(map(len, reads)) >= 3 + len(big), timeout=0.25)  # not 4 turns
-    await writer

@@ -112,7 +112,6 @@ class ChildExit:
 
 
 Consumer = Callable[[asyncio.StreamReader], Awaitable[None]]
-STDOUT_LIMIT = 1 << 16  # asyncio's own default for a child's pipes
 
 
 class PipeSink:
