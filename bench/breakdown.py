@@ -80,7 +80,9 @@ def floors(clip: Path, n: int = 120) -> dict:
             if len(pictures) == n:
                 break
             t0 = time.perf_counter()
-    convert, png, jpeg = [], [], []
+    from streamsnap.core import imaging
+
+    convert, png, jpeg, yuv_jpeg = [], [], [], []
     for f in pictures[1:]:
         t0 = time.perf_counter()
         rgb = f.to_ndarray(format="rgb24", threads=1)
@@ -89,6 +91,9 @@ def floors(clip: Path, n: int = 120) -> dict:
         t2 = time.perf_counter()
         Image.fromarray(rgb).save(io.BytesIO(), "JPEG", quality=85)
         t3 = time.perf_counter()
+        plan = imaging.layout(f.width, f.height)
+        imaging.yuv_jpeg(*imaging.yuv420(f, plan), 85, None)  # the server's route, one thread
+        yuv_jpeg.append((time.perf_counter() - t3) * 1000)
         convert.append((t1 - t0) * 1000)
         png.append((t2 - t1) * 1000)
         jpeg.append((t3 - t2) * 1000)
@@ -99,7 +104,8 @@ def floors(clip: Path, n: int = 120) -> dict:
         "convert_p50": statistics.median(convert),
         "png_p50": statistics.median(png),
         "png_p99": percentile(png, 99),
-        "jpeg_p50": statistics.median(jpeg),
+        "jpeg_p50": statistics.median(jpeg),  # from RGB (Pillow), conversion not included
+        "jpeg_yuv_p50": statistics.median(yuv_jpeg),  # from the YUV planes, range included
     }
     log(f"floors in process: {json.dumps({k: round(v, 2) for k, v in out.items()})}")
     return out
@@ -149,6 +155,15 @@ def main() -> None:
                 assert status == 200 and raw[:2] == b"\xff\xd8"
                 jpeg.append((ms, client.timing))
             results["warm_jpeg"] = summary("JPEG GET, warm", jpeg)
+            # the HTTP floor: a round trip to the same server on the same connection, paced
+            # alike, with no picture (GET /healthz): what any answer costs on this machine
+            http = []
+            for _ in range(args.requests):
+                time.sleep(random.uniform(0.05, 0.5))
+                ms, status, _ = client.request("GET", "/healthz")
+                assert status == 200
+                http.append((ms, {}))
+            results["http_floor"] = summary("HTTP round trip (GET /healthz)", http)
         finally:
             for p in pubs:
                 stop(p)

@@ -51,3 +51,51 @@ def test_picture_buffers_are_reused_not_faulted_in_again():
 def test_operator_settings_win():
     applied, _ = run("tuned", env={**os.environ, "MALLOC_TRIM_THRESHOLD_": "131072"})
     assert not applied
+
+
+TRIM_PROBE = textwrap.dedent(
+    """
+    import asyncio, concurrent.futures, ctypes, sys
+    from streamsnap.core import allocator
+    allocator.keep_picture_buffers()
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+    libc.free.argtypes = (ctypes.c_void_p,)
+
+    def rss_mib():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096 / (1 << 20)
+
+    # a burst: 120 picture-sized buffers in use at once, then freed; one kept above them, so
+    # the heap's top cannot shrink by itself
+    blocks = [libc.malloc(1 << 20) for _ in range(120)]
+    for block in blocks:
+        ctypes.memset(block, 1, 1 << 20)
+    keep = libc.malloc(1 << 20)
+    for block in blocks:
+        libc.free(block)
+    held = rss_mib()
+
+    async def main():
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            task = asyncio.ensure_future(
+                allocator.trim_periodically(pool, every=float(sys.argv[1]), above=16 << 20)
+            )
+            await asyncio.sleep(0.5)
+            task.cancel()
+
+    asyncio.run(main())
+    print(held - rss_mib())
+    """
+)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc_trim")
+def test_memory_freed_after_a_burst_goes_back_to_the_kernel():
+    def given_back(every: str) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", TRIM_PROBE, every], capture_output=True, text=True, check=True
+        )
+        return float(out.stdout.split()[-1])
+
+    assert given_back("0.1") > 90  # MiB: the burst's buffers, once the periodic trim ran
+    assert given_back("60") < 10  # not yet due: the allocator keeps them

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from .access import Access, open_access_warning
 from .admission import Admission
-from .allocator import ReleaseSoon
+from .allocator import ReleaseSoon, trim_periodically
 from .auth import Authenticator
 from .config import Config
 from .decoding import DecodePolicy
@@ -159,6 +159,7 @@ class App:
             raise
         self._warn_unknown_sections()
         self.spawn(self.decoding.run(), name="decode-policy")
+        self.spawn(trim_periodically(self.io_executor), name="memory-trim")
         warning = open_access_warning(self.config)
         if warning:
             log.warning("%s", warning)
