@@ -117,6 +117,12 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=10)
     ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--no-bframes", action="store_true")
+    ap.add_argument(
+        "--jpeg-strips",
+        type=int,
+        default=0,
+        help="run the server with this many JPEG strips (1: one thread; 0: as it decides)",
+    )
     args = ap.parse_args()
     clip = make_clip(args.size, bframes=not args.no_bframes)
     results: dict = {"args": vars(args), "floors": floors(clip)}
@@ -125,7 +131,16 @@ def main() -> None:
             Path(tmp) / "c.toml",
             server={"host": "127.0.0.1", "http_port": 0, "ws_port": 0, "rtmp_port": 0},
         )
-        server = ServerProcess(cfg, cwd=Path(tmp)).start()
+        server = ServerProcess(cfg, cwd=Path(tmp))
+        if args.jpeg_strips:  # the same server, its JPEG strips set before it starts
+            server.launcher = [
+                sys.executable,
+                "-c",
+                "import sys; from streamsnap.core import imaging; "
+                f"imaging.STRIPS = {args.jpeg_strips}; "
+                "from streamsnap.cli import main; raise SystemExit(main())",
+            ]
+        server.start()
         names = [f"cam{i}" for i in range(args.streams)]
         pubs = []
         try:
@@ -169,7 +184,8 @@ def main() -> None:
                 stop(p)
             server.stop()
     OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / f"breakdown-{args.size}{'-bf0' if args.no_bframes else ''}.json"
+    strips = f"-strips{args.jpeg_strips}" if args.jpeg_strips else ""
+    out = OUT / f"breakdown-{args.size}{'-bf0' if args.no_bframes else ''}{strips}.json"
     out.write_text(json.dumps(results, indent=2))
     log(f"written {out}")
 
