@@ -94,6 +94,26 @@ def test_a_full_range_frame_is_not_stretched_again():
     assert np.abs(tagged - limited).mean() > 5
 
 
+@pytest.mark.parametrize("size", [(998, 602), (1280, 720)])
+def test_full_range_frames_are_encoded_in_strips_too(size, pool):
+    """yuvj420p planes (an MJPEG camera's, padded rows) go to the strips as they are."""
+    frame = camera_like(*size).reformat(format="yuvj420p")
+    plan = imaging.layout(frame.width, frame.height)
+    planes, full = imaging.yuv420(frame, plan)
+    assert full and planes is frame
+    joined = imaging.yuv_jpeg(planes, full, 85, pool)
+    assert joined.count(b"\xff\xdd") == 1
+    assert np.array_equal(pixels(joined), pixels(imaging.yuv_jpeg(planes, full, 85, None)))
+
+
+def test_a_picture_too_wide_for_a_restart_interval_is_encoded_whole(pool, monkeypatch):
+    frame = camera_like(1280, 720)
+    plan = imaging.layout(frame.width, frame.height)
+    monkeypatch.setattr(jpeg, "MAX_RESTART_INTERVAL", 80 * 22)  # below 720p's 80 x 23 MCUs
+    data = imaging.yuv_jpeg(*imaging.yuv420(frame, plan), 85, pool)
+    assert b"\xff\xdd" not in data and Image.open(io.BytesIO(data)).size == (1280, 720)
+
+
 def test_scaled_pictures_take_the_yuv_route_at_their_size():
     frame = camera_like(1280, 720)
     plan = imaging.layout(frame.width, frame.height, 640, None)

@@ -89,7 +89,11 @@ def free_held() -> int | None:
 
 def trim_if_holding(above: int = TRIM_ABOVE) -> int:
     """Worker thread: give the free pages back when more than ``above`` bytes are held free
-    (all of it when that cannot be read). Returns the bytes held free before, -1 unknown."""
+    (always when that cannot be read). Returns the bytes held free, -1 unknown.
+
+    Pages given back stay counted as free (the chunks stay in the free lists), so once past
+    ``above`` this trims every time: walking pages already given back costs little, and the
+    picture buffers each snapshot thread keeps are faulted in again once a minute."""
     held = free_held()
     if held is None or held > above:
         release_free_memory()
@@ -103,9 +107,7 @@ async def trim_periodically(
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(every)
-        held = await loop.run_in_executor(executor, trim_if_holding, above)
-        if held > above:
-            log.debug("gave back free memory: %.1f MiB were held free", held / (1 << 20))
+        await loop.run_in_executor(executor, trim_if_holding, above)
 
 
 def _load_libc() -> ctypes.CDLL | None:

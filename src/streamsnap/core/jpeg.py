@@ -69,6 +69,9 @@ def _headers(data: bytes) -> tuple[int, int, int]:
     raise ValueError("no scan")
 
 
+MAX_RESTART_INTERVAL = 0xFFFF  # DRI's field: MCUs between restart markers
+
+
 def join_strips(strips: list[bytes], height: int, restart_interval: int) -> bytes:
     """One JPEG of ``height`` rows from JPEGs of its horizontal strips, top first.
 
@@ -78,8 +81,12 @@ def join_strips(strips: list[bytes], height: int, restart_interval: int) -> byte
     started from zero. So the scans are joined with RSTn markers between them, under the
     first strip's headers with the whole height and a DRI segment. Decoded, the result is
     identical to the picture encoded in one piece."""
-    if not strips or not 0 < restart_interval <= 0xFFFF or not 0 < height <= 0xFFFF:
-        raise ValueError("nothing to join")
+    if not strips:
+        raise ValueError("no strips to join")
+    if not 0 < restart_interval <= MAX_RESTART_INTERVAL:
+        raise ValueError(f"restart interval {restart_interval} outside 1-{MAX_RESTART_INTERVAL}")
+    if not 0 < height <= 0xFFFF:
+        raise ValueError(f"height {height} outside what a JPEG holds")
     sof, sos, _ = _headers(strips[0])
     head = bytearray(strips[0][:sos])
     head[sof + 5 : sof + 7] = height.to_bytes(2, "big")

@@ -442,9 +442,9 @@ class SnapshotService:
             frame.width, frame.height, request.width, request.height, request.fit, request.crop
         )
         if request.format == "jpeg" and imaging.yuv_jpeg_route(frame, plan):
-            planes, full_range = imaging.yuv420(frame, plan)
+            frame, full_range = imaging.yuv420(frame, plan)  # scaled or converted if need be
             t2 = time.perf_counter()
-            data = imaging.yuv_jpeg(planes, full_range, request.quality, self.executor)
+            data = imaging.yuv_jpeg(frame, full_range, request.quality, self.executor)
             size = plan.canvas
         else:
             rgb = imaging.to_rgb(frame, request.width, request.height, request.fit, request.crop)
