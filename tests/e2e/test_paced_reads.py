@@ -88,8 +88,10 @@ async def test_a_snapshot_reads_the_queued_frames_first_and_tells_their_age(tmp_
         async with aiohttp.ClientSession() as client:
             for _ in range(5):
                 reads = session.pacer.reads
-                await until(lambda r=reads: session.pacer.reads > r, timeout=2)  # a new turn
-                assert session.pacer.paused
+                # a new turn that paused (a full read, a keyframe's 64 KiB, reads on at once)
+                await until(
+                    lambda r=reads: session.pacer.reads > r and session.pacer.paused, timeout=2
+                )
                 await asyncio.sleep(0.3)  # about nine frames queued in the socket
                 flushes = session.pacer.flushes
                 async with client.get(f"{base}/streams/asked/snapshot.jpg") as response:
