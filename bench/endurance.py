@@ -145,7 +145,12 @@ class Load(threading.Thread):
 
 def rss_level(samples: list[dict], start: float, end: float) -> float:
     """The median RSS (MiB) of the samples taken from ``start`` to ``end`` seconds."""
-    window = [s["rss_kib"] / 1024 for s in samples if start <= s["t"] <= end]
+    return level(samples, "rss_kib", start, end) / 1024
+
+
+def level(samples: list[dict], key: str, start: float, end: float) -> float:
+    """The median ``key`` of the samples taken from ``start`` to ``end`` seconds."""
+    window = [s[key] for s in samples if start <= s["t"] <= end and key in s]
     return statistics.median(window) if window else 0.0
 
 
@@ -178,6 +183,32 @@ def proc_status(pid: int) -> dict[str, int]:
     }
 
 
+HEAP_METRICS = {  # /metrics gauge -> sample key (MiB or count)
+    "streamsnap_heap_in_use_bytes": "heap_in_use_mib",
+    "streamsnap_heap_free_bytes": "heap_free_mib",
+    "streamsnap_python_allocated_blocks": "python_blocks",
+}
+
+
+def heap_figures(client: LeanClient) -> dict[str, float]:
+    """What the server's allocators hold (its /metrics): the C heap in use and free, and
+    Python's allocated blocks, so that RSS growth can be told apart as live memory or
+    free space the allocator keeps."""
+    try:
+        _, status, body = client.request("GET", "/metrics")
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in body.decode().splitlines() if status == 200 else ():
+        name, _, value = line.partition(" ")
+        if name in HEAP_METRICS:
+            figure = float(value)
+            out[HEAP_METRICS[name]] = (
+                round(figure / 2**20, 1) if name.endswith("_bytes") else figure
+            )
+    return out
+
+
 def plot(samples: list[dict], warmup_s: float, path: Path, title: str) -> None:
     import matplotlib
 
@@ -186,8 +217,12 @@ def plot(samples: list[dict], warmup_s: float, path: Path, title: str) -> None:
 
     t = [s["t"] / 60 for s in samples]
     fig, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
-    axes[0].plot(t, [s["rss_kib"] / 1024 for s in samples])
-    axes[0].set_ylabel("RSS, MiB")
+    axes[0].plot(t, [s["rss_kib"] / 1024 for s in samples], label="RSS")
+    for key, label in (("heap_in_use_mib", "C heap in use"), ("heap_free_mib", "C heap free")):
+        if all(key in s for s in samples):
+            axes[0].plot(t, [s[key] for s in samples], label=label, linewidth=1)
+    axes[0].set_ylabel("MiB")
+    axes[0].legend(fontsize=7, loc="upper left")
     axes[1].plot(t, [s["cpu_pct"] for s in samples])
     axes[1].set_ylabel("CPU, % of a core")
     axes[2].plot(t, [s["p99_ms"] for s in samples])
@@ -278,6 +313,7 @@ def main() -> int:
             log(f"{len(names) + args.whip} streams up; running {args.minutes:g} min")
             t0 = time.monotonic()
             cpu0, last = cpu_seconds(server.proc.pid), t0
+            metrics = LeanClient(server.http)
             seen = 0
             while (now := time.monotonic()) - t0 < duration:
                 try:
@@ -300,6 +336,7 @@ def main() -> int:
                     "p50_ms": round(percentile(ok, 50), 1) if ok else 0.0,
                     "p99_ms": round(percentile(ok, 99), 1) if ok else 0.0,
                     "whip_sessions": sum(w.sessions for w in whips),
+                    **heap_figures(metrics),
                 }
                 samples.append(sample)
                 cpu0, last = cpu, now
@@ -348,6 +385,16 @@ def main() -> int:
             (max(s["rss_kib"] for s in after) - base["rss_kib"]) / 1024, 1
         ),
         "rss_end_growth_mib": round((after[-1]["rss_kib"] - base["rss_kib"]) / 1024, 1),
+        # the same medians for the allocators' own figures: live memory or kept free space
+        **{
+            f"{key}_growth": round(
+                level(after, key, duration - window, duration)
+                - level(after, key, warmup, warmup + window),
+                1,
+            )
+            for key in HEAP_METRICS.values()
+            if any(key in s for s in after)
+        },
         "fds_range": [min(s["fds"] for s in after), max(s["fds"] for s in after)],
         "threads_range": [min(s["threads"] for s in after), max(s["threads"] for s in after)],
         # growth: the most of the last window over the most of the first (reconnecting WHIP

@@ -85,6 +85,13 @@ def test_metrics_in_prometheus_text_format(server):
     assert float(samples["process_threads"]) >= 2
     assert abs(float(samples["process_start_time_seconds"]) - time.time()) < 600
     assert samples["streamsnap_children"] == "0"  # RTMP needs no FFmpeg child
+    # the allocators' own figures: glibc's heap in use (codecs, pictures) and free, Python's
+    in_use, free = (
+        float(samples["streamsnap_heap_in_use_bytes"]),
+        samples["streamsnap_heap_free_bytes"],
+    )
+    assert 5e6 < in_use < float(samples["process_resident_memory_bytes"]) and float(free) >= 0
+    assert float(samples["streamsnap_python_allocated_blocks"]) > 50_000
     for line in text.splitlines():  # every sample line is NAME{labels} VALUE
         if line and not line.startswith("#"):
             assert __import__("re").fullmatch(r"[a-z_]+(\{.*\})? [0-9.e+-]+", line), line

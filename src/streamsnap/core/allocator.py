@@ -79,12 +79,21 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
-def free_held() -> int | None:
-    """Bytes free in all of glibc's arenas, kept for reuse (``mallinfo2``: glibc 2.33 on);
-    None where that cannot be read."""
+def heap_usage() -> tuple[int, int] | None:
+    """(bytes in use, bytes free) in glibc's malloc (``mallinfo2``: glibc 2.33 on): in use
+    counts the blocks it has handed out and not got back, its own mmapped ones included;
+    free, what its arenas keep for reuse. None where that cannot be read. It walks the free
+    lists under each arena's lock: for a scrape or a minute's check, not per request."""
     if _libc is None or not hasattr(_libc, "mallinfo2"):
         return None
-    return int(_libc.mallinfo2().fordblks)
+    info = _libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd), int(info.fordblks)
+
+
+def free_held() -> int | None:
+    """Bytes free in all of glibc's arenas, kept for reuse; None where that cannot be read."""
+    usage = heap_usage()
+    return None if usage is None else usage[1]
 
 
 def trim_if_holding(above: int = TRIM_ABOVE) -> int:

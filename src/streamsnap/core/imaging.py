@@ -259,15 +259,17 @@ def yuv_jpeg(
     spread over ``spread``'s idle threads."""
     assert _simplejpeg is not None and frame.format.name in ("yuv420p", "yuvj420p")
     y, u, v = _planes(frame)
-    if not full_range:  # luma 16-235 and chroma 16-240 stretched to 0-255, before the strips:
-        # numpy holds the GIL for most of it, so strips would do it one after the other anyway
-        y = _full_range(y, 235, 298, 128)  # x 255/219, rounded
-        # chroma x 255/224 around 128: (c - 16) * 255/224 + 0.5, rounded
-        u, v = _full_range(u, 240, 291, 256), _full_range(v, 240, 291, 256)
     encode = _simplejpeg.encode_jpeg_yuv_planes  # runs without the GIL
 
     def strip(top: int, bottom: int) -> bytes:
-        return encode(y[top:bottom], u[top // 2 : bottom // 2], v[top // 2 : bottom // 2], quality)
+        sy, su, sv = y[top:bottom], u[top // 2 : bottom // 2], v[top // 2 : bottom // 2]
+        if not full_range:  # luma 16-235 and chroma 16-240 stretched to 0-255, per strip:
+            # numpy holds the GIL for most of it, but one strip's stretch overlaps the other's
+            # encode (0.2 ms of 1.5 at 720p, BENCHMARKS.md)
+            sy = _full_range(sy, 235, 298, 128)  # x 255/219, rounded
+            # chroma x 255/224 around 128: (c - 16) * 255/224 + 0.5, rounded
+            su, sv = _full_range(su, 240, 291, 256), _full_range(sv, 240, 291, 256)
+        return encode(sy, su, sv, quality)
 
     rows = y.shape[0]
     parts = min(STRIPS if spread is not None else 1, rows // STRIP_MIN_ROWS) or 1

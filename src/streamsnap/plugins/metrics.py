@@ -3,13 +3,14 @@ supervised children. Read straight from the objects that count them; nothing on 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from typing import Any
 
 from aiohttp import web
 
-from ..core import procstat
+from ..core import allocator, procstat
 from ..core.app import APP_KEY, App
 from ..core.stats import Histogram
 from ..hooks import hookimpl
@@ -66,6 +67,27 @@ def _process_metrics(metric: Any, child_pids: list[int]) -> None:
             "When the server process started, in Unix seconds.",
             [(round(own.start_time_s, 2), None)],
         )
+    heap = allocator.heap_usage()
+    if heap is not None:  # RSS told apart: memory in use, or free space the allocator keeps
+        metric(
+            "streamsnap_heap_in_use_bytes",
+            "gauge",
+            "Bytes glibc's malloc has handed out: pictures, codec buffers, large Python objects.",
+            [(heap[0], None)],
+        )
+        metric(
+            "streamsnap_heap_free_bytes",
+            "gauge",
+            "Bytes free in glibc's arenas, kept for reuse (given back once a minute above "
+            f"{allocator.TRIM_ABOVE >> 20} MiB).",
+            [(heap[1], None)],
+        )
+    metric(
+        "streamsnap_python_allocated_blocks",
+        "gauge",
+        "Blocks Python's own allocator has handed out: Python objects alive.",
+        [(sys.getallocatedblocks(), None)],
+    )
     fds = procstat.open_fds()
     if fds is not None:
         metric("process_open_fds", "gauge", "Open file descriptors.", [(fds, None)])
