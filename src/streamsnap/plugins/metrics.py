@@ -78,8 +78,8 @@ def _process_metrics(metric: Any, child_pids: list[int]) -> None:
         metric(
             "streamsnap_heap_free_bytes",
             "gauge",
-            "Bytes free in glibc's arenas, kept for reuse (given back once a minute above "
-            f"{allocator.TRIM_ABOVE >> 20} MiB).",
+            "Bytes free in glibc's arenas, kept for reuse; pages given back to the kernel (once "
+            f"a minute, above {allocator.TRIM_ABOVE >> 20} MiB) still count.",
             [(heap[1], None)],
         )
     metric(
