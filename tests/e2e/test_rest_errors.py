@@ -92,6 +92,8 @@ def test_metrics_in_prometheus_text_format(server):
     )
     assert 5e6 < in_use < float(samples["process_resident_memory_bytes"]) and float(free) >= 0
     assert float(samples["streamsnap_python_allocated_blocks"]) > 50_000
+    assert float(samples["streamsnap_heap_trims_total"]) >= 0  # once a minute: none yet
+    assert 0 < float(samples["streamsnap_metrics_read_seconds"]) < 5  # read off the loop
     for line in text.splitlines():  # every sample line is NAME{labels} VALUE
         if line and not line.startswith("#"):
             assert __import__("re").fullmatch(r"[a-z_]+(\{.*\})? [0-9.e+-]+", line), line

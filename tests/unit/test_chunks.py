@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamsnap.plugins.rtmp.chunks import (
+    PREALLOCATE_MAX,
     ChunkReader,
     Message,
     RtmpProtocolError,
@@ -106,6 +107,41 @@ def test_unfinished_messages_are_bounded():
             r.feed(encode_message(csid, 9, 1, 0, bytes(9999), 128)[:-1])
 
 
+def test_a_message_spanning_chunks_is_assembled_in_one_buffer():
+    payload = bytes(range(256)) * 40  # 10240 bytes: 80 chunks of 128
+    wire = encode_message(6, 9, 1, 40, payload, 128)
+    r = ChunkReader()
+    assert r.feed(wire[:200]) == []
+    assert r.buffered == len(payload) + len(wire[:200]) - 12 - 128  # its buffer, and the rest
+    (msg,) = r.feed(wire[200:])
+    assert msg.payload == payload and isinstance(msg.payload, bytearray)
+    assert r.buffered == 0
+    (small,) = r.feed(encode_message(6, 9, 1, 80, b"one chunk", 128))
+    assert small.payload == b"one chunk" and isinstance(small.payload, bytes)
+
+
+def test_a_large_announced_message_is_not_held_before_it_comes():
+    r = ChunkReader(max_message_bytes=16 << 20)
+    wire = encode_message(6, 9, 1, 0, bytes(8 << 20), 4096)
+    r.chunk_size = 4096
+    assert r.feed(wire[: 12 + 4096]) == []
+    assert r.buffered == 4096  # not the 8 MiB its header announced
+    (msg,) = r.feed(wire[12 + 4096 :])
+    assert len(msg.payload) == 8 << 20 and r.buffered == 0
+    small = encode_message(7, 9, 1, 0, bytes(PREALLOCATE_MAX), 4096)
+    assert r.feed(small[: 12 + 4096 + 50]) == []
+    assert r.buffered == PREALLOCATE_MAX + 50  # made whole at its first chunk
+
+
+def test_abort_releases_the_unfinished_message():
+    r = ChunkReader()
+    r.feed(encode_message(6, 9, 1, 0, bytes(5000), 128)[: 12 + 128 + 2 * 129])  # 3 chunks
+    assert r.buffered >= 5000
+    abort = encode_message(2, 2, 0, 0, struct.pack(">I", 6), 128)
+    (msg,) = r.feed(abort)
+    assert msg.type_id == 2 and r.buffered == 0
+
+
 @settings(max_examples=3000, deadline=None)
 @given(st.binary(max_size=600))
 def test_fuzz_random_bytes(raw):
@@ -114,7 +150,8 @@ def test_fuzz_random_bytes(raw):
         r.feed(raw)
     except RtmpProtocolError:
         return
-    assert r.buffered <= len(raw)
+    # what came, plus the buffers announced messages were given: bounded per connection
+    assert r.buffered <= len(raw) + 2 * r.max_message_bytes
 
 
 @settings(max_examples=1000, deadline=None)

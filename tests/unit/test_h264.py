@@ -95,6 +95,13 @@ def test_in_band_sps_in_an_access_unit_is_rewritten(clip):
     out = h264.no_reorder_access_unit(unit)
     new_sps = h264.no_reorder_sps(sps)
     assert out == len(new_sps).to_bytes(4, "big") + new_sps + unit[4 + len(sps) :]
+    aud = b"\x00\x00\x00\x02\x09\xf0"  # an SPS after another NAL, in a view of the frame
+    framed = memoryview(b"\xaa" + aud + unit)[1:]
+    assert h264.no_reorder_access_unit(framed) == aud + out
+    # a keyframe whose SPS already says so comes back as it was given: not copied
+    already = len(new_sps).to_bytes(4, "big") + new_sps + unit[4 + len(sps) :]
+    view = memoryview(already)
+    assert h264.no_reorder_access_unit(view) is view
 
 
 def test_reference_flag_of_access_units():

@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import platform
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,20 @@ def free_held() -> int | None:
     return None if usage is None else usage[1]
 
 
+@dataclasses.dataclass
+class TrimTally:
+    """Heap trims done and the time they took: ``malloc_trim`` holds each arena's lock while
+    it walks the free space, so a thread allocating in that arena (the event loop) waits."""
+
+    count: int = 0
+    seconds: float = 0.0
+    longest_s: float = 0.0
+
+
+TRIMS = TrimTally()
+SLOW_TRIM_S = 0.05
+
+
 def trim_if_holding(above: int = TRIM_ABOVE) -> int:
     """Worker thread: give the free pages back when more than ``above`` bytes are held free
     (always when that cannot be read). Returns the bytes held free, -1 unknown.
@@ -105,7 +121,19 @@ def trim_if_holding(above: int = TRIM_ABOVE) -> int:
     picture buffers each snapshot thread keeps are faulted in again once a minute."""
     held = free_held()
     if held is None or held > above:
+        started = time.perf_counter()
         release_free_memory()
+        took = time.perf_counter() - started
+        TRIMS.count += 1
+        TRIMS.seconds += took
+        if took > TRIMS.longest_s:
+            TRIMS.longest_s = took
+        if took > SLOW_TRIM_S:
+            log.warning(
+                "giving %d MiB of free heap back to the kernel took %.0f ms",
+                (held or 0) >> 20,
+                took * 1000,
+            )
     return -1 if held is None else held
 
 

@@ -34,7 +34,7 @@ class VideoTag(NamedTuple):
     kind: int  # SEQUENCE_START, CODED_FRAMES, SEQUENCE_END, or -1 (ignore)
     keyframe: bool
     cts: int  # composition time offset, ms (pts = dts + cts)
-    data: bytes
+    data: bytes | memoryview
 
 
 _IGNORE = VideoTag("", -1, False, 0, b"")
@@ -45,10 +45,12 @@ def _si24(b: bytes, pos: int) -> int:
     return v - (1 << 24) if v & 0x800000 else v
 
 
-def parse_video(payload: bytes) -> VideoTag:
-    """Parse one RTMP video message; malformed or unsupported tags come back with kind -1."""
+def parse_video(payload: bytes | bytearray) -> VideoTag:
+    """Parse one RTMP video message; malformed or unsupported tags come back with kind -1.
+    The tag's data is a view into ``payload``: a frame is not copied again to drop its header."""
     if not payload:
         return _IGNORE
+    body = memoryview(payload)
     b0 = payload[0]
     if b0 & 0x80:  # Enhanced RTMP
         frame_type = (b0 >> 4) & 0x07
@@ -60,11 +62,11 @@ def parse_video(payload: bytes) -> VideoTag:
         if packet_type == CODED_FRAMES and codec in ("h264", "hevc"):
             if len(payload) < 8:
                 return _IGNORE
-            return VideoTag(codec, CODED_FRAMES, keyframe, _si24(payload, 5), payload[8:])
+            return VideoTag(codec, CODED_FRAMES, keyframe, _si24(payload, 5), body[8:])
         if packet_type in (CODED_FRAMES, CODED_FRAMES_X):
-            return VideoTag(codec, CODED_FRAMES, keyframe, 0, payload[5:])
+            return VideoTag(codec, CODED_FRAMES, keyframe, 0, body[5:])
         if packet_type in (SEQUENCE_START, SEQUENCE_END):
-            return VideoTag(codec, packet_type, keyframe, 0, payload[5:])
+            return VideoTag(codec, packet_type, keyframe, 0, body[5:])
         return _IGNORE
     frame_type = b0 >> 4
     codec = CLASSIC_CODECS.get(b0 & 0x0F, "")
@@ -77,9 +79,9 @@ def parse_video(payload: bytes) -> VideoTag:
         kind = payload[1]
         if kind not in (SEQUENCE_START, CODED_FRAMES, SEQUENCE_END):
             return _IGNORE
-        return VideoTag(codec, kind, keyframe, _si24(payload, 2), payload[5:])
+        return VideoTag(codec, kind, keyframe, _si24(payload, 2), body[5:])
     if codec:
-        return VideoTag(codec, CODED_FRAMES, keyframe, 0, payload[1:])
+        return VideoTag(codec, CODED_FRAMES, keyframe, 0, body[1:])
     return VideoTag("", CODED_FRAMES, keyframe, 0, b"")
 
 
@@ -124,13 +126,13 @@ def audio_codec(payload: bytes) -> str:
     return AUDIO_CODECS.get(fmt, "")
 
 
-def ingest_video(app: App, stream: Stream, payload: bytes, dts: int) -> None:
+def ingest_video(app: App, stream: Stream, payload: bytes | bytearray, dts: int) -> None:
     """Put one FLV/RTMP video tag of ``stream`` into its frame store and tell the plugins."""
     tag = parse_video(payload)
     frames = stream.frames
     if tag.kind == SEQUENCE_START:
         if tag.codec:
-            frames.set_codec(tag.codec, tag.data or None)
+            frames.set_codec(tag.codec, bytes(tag.data) or None)
     elif tag.kind == CODED_FRAMES:
         if not tag.codec:
             # named at once (REST, find), never left to look like a slow source

@@ -39,7 +39,7 @@ class FrameHandle(NamedTuple):
 
 
 class _Packet(NamedTuple):
-    data: bytes
+    data: bytes | memoryview  # RTMP: a view into the message it came in (not copied again)
     pts: int
     dts: int
     index: int
@@ -189,7 +189,7 @@ class FrameStore:
         self.wake()  # a snapshot waiting for a picture learns at once that none will come
 
     def push_packet(
-        self, data: bytes, pts: int, keyframe: bool, dts: int | None = None
+        self, data: bytes | memoryview, pts: int, keyframe: bool, dts: int | None = None
     ) -> FrameHandle | None:
         """Keep one compressed video frame. Returns its handle, or None if it was dropped."""
         index = self.frames_in

@@ -219,19 +219,28 @@ def no_reorder_avcc(extradata: bytes) -> bytes:
     return bytes(out + extradata[pos:])
 
 
-def no_reorder_access_unit(data: bytes, length_size: int = 4) -> bytes:
-    """A length-prefixed (AVCC) access unit with any in-band SPS rewritten."""
-    pos, out, changed = 0, bytearray(), False
-    while pos + length_size <= len(data):
+def no_reorder_access_unit(data: bytes | memoryview, length_size: int = 4) -> bytes | memoryview:
+    """A length-prefixed (AVCC) access unit with any in-band SPS rewritten: ``data`` itself
+    when no SPS changes (every keyframe of most cameras), so nothing is copied then."""
+    pos, end, changed = 0, len(data), []
+    while pos + length_size <= end:
         size = int.from_bytes(data[pos : pos + length_size], "big")
-        nal = data[pos + length_size : pos + length_size + size]
-        if nal and nal[0] & 0x1F == NAL_SPS:
+        start = pos + length_size
+        if size and start < end and data[start] & 0x1F == NAL_SPS:
+            nal = data[start : start + size]
             new = no_reorder_sps(nal)
-            changed |= new != nal
-            nal = new
-        out += len(nal).to_bytes(length_size, "big") + nal
-        pos += length_size + size
-    return bytes(out) if changed and pos == len(data) else data
+            if new != nal:
+                changed.append((pos, start + size, new))
+        pos = start + size
+    if not changed or pos != end:
+        return data
+    out, copied = bytearray(), 0
+    for nal_start, nal_end, new in changed:
+        out += data[copied:nal_start]
+        out += len(new).to_bytes(length_size, "big") + new
+        copied = nal_end
+    out += data[copied:]
+    return bytes(out)
 
 
 def avcc_length_size(extradata: bytes) -> int:

@@ -3,6 +3,8 @@ supervised children. Read straight from the objects that count them; nothing on 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import sys
 import time
 from collections import Counter
@@ -43,10 +45,31 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _process_metrics(metric: Any, child_pids: list[int]) -> None:
+@dataclasses.dataclass(frozen=True)
+class ProcessFigures:
+    """What ``/proc`` and the allocator say, read in one go off the event loop: the reads
+    block on the kernel, and ``mallinfo2`` walks every arena's free lists under its lock."""
+
+    own: procstat.ProcessSample | None
+    heap: tuple[int, int] | None
+    python_blocks: int
+    fds: int | None
+    children: list[procstat.ProcessSample]
+    took_s: float
+
+    @classmethod
+    def read(cls, child_pids: list[int]) -> ProcessFigures:
+        started = time.perf_counter()
+        own, heap, blocks = procstat.sample(), allocator.heap_usage(), sys.getallocatedblocks()
+        fds = procstat.open_fds()
+        children = [c for c in map(procstat.sample, child_pids) if c is not None]
+        return cls(own, heap, blocks, fds, children, time.perf_counter() - started)
+
+
+def _process_metrics(metric: Any, figures: ProcessFigures) -> None:
     """This process's cost under the names Prometheus client libraries use, and the cost of
     the FFmpeg children running now (a gauge: children come and go)."""
-    own = procstat.sample()
+    own = figures.own
     if own is not None:
         metric(
             "process_cpu_seconds_total",
@@ -67,7 +90,7 @@ def _process_metrics(metric: Any, child_pids: list[int]) -> None:
             "When the server process started, in Unix seconds.",
             [(round(own.start_time_s, 2), None)],
         )
-    heap = allocator.heap_usage()
+    heap = figures.heap
     if heap is not None:  # RSS told apart: memory in use, or free space the allocator keeps
         metric(
             "streamsnap_heap_in_use_bytes",
@@ -86,9 +109,34 @@ def _process_metrics(metric: Any, child_pids: list[int]) -> None:
         "streamsnap_python_allocated_blocks",
         "gauge",
         "Blocks Python's own allocator has handed out: Python objects alive.",
-        [(sys.getallocatedblocks(), None)],
+        [(figures.python_blocks, None)],
     )
-    fds = procstat.open_fds()
+    metric(
+        "streamsnap_heap_trim_seconds_total",
+        "counter",
+        f"Time spent giving the heap's free pages back to the kernel (once a minute, above "
+        f"{allocator.TRIM_ABOVE >> 20} MiB free), in a worker thread; holds each arena's lock.",
+        [(round(allocator.TRIMS.seconds, 4), None)],
+    )
+    metric(
+        "streamsnap_heap_trims_total",
+        "counter",
+        "Times the heap's free pages were given back to the kernel.",
+        [(allocator.TRIMS.count, None)],
+    )
+    metric(
+        "streamsnap_heap_trim_longest_seconds",
+        "gauge",
+        "The longest of those trims so far.",
+        [(round(allocator.TRIMS.longest_s, 4), None)],
+    )
+    metric(
+        "streamsnap_metrics_read_seconds",
+        "gauge",
+        "How long this scrape took to read /proc and the allocator's figures (off the loop).",
+        [(round(figures.took_s, 6), None)],
+    )
+    fds = figures.fds
     if fds is not None:
         metric("process_open_fds", "gauge", "Open file descriptors.", [(fds, None)])
     metric(
@@ -97,7 +145,7 @@ def _process_metrics(metric: Any, child_pids: list[int]) -> None:
         "The limit of open file descriptors.",
         [(procstat.max_fds(), None)],
     )
-    children = [c for c in map(procstat.sample, child_pids) if c is not None]
+    children = figures.children
     metric(
         "streamsnap_children",
         "gauge",
@@ -118,7 +166,7 @@ def _process_metrics(metric: Any, child_pids: list[int]) -> None:
     )
 
 
-def render(app: App) -> str:
+def render(app: App, figures: ProcessFigures) -> str:
     out: list[str] = []
 
     def metric(
@@ -305,7 +353,7 @@ def render(app: App) -> str:
                 for kind, n in sorted(exits.items())
             ],
         )
-    _process_metrics(metric, pulls.child_pids() if pulls is not None else [])
+    _process_metrics(metric, figures)
     metric(
         "streamsnap_streams_ended_total",
         "counter",
@@ -347,9 +395,17 @@ def render(app: App) -> str:
     return "\n".join(out) + "\n"
 
 
+def child_pids(app: App) -> list[int]:
+    pulls = app.state.get(PULL)
+    return pulls.child_pids() if pulls is not None else []
+
+
 async def metrics(request: web.Request) -> web.Response:
+    app = request.app[APP_KEY]
+    loop = asyncio.get_running_loop()
+    figures = await loop.run_in_executor(app.io_executor, ProcessFigures.read, child_pids(app))
     return web.Response(
-        text=render(request.app[APP_KEY]),
+        text=render(app, figures),
         content_type="text/plain",
         charset="utf-8",
         headers={"Cache-Control": "no-store"},

@@ -8,7 +8,7 @@ sizes, chunk sizes and the number of chunk streams are bounded, and anything mal
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 # Message type ids (RTMP spec 5.4 and 7.1)
@@ -20,6 +20,9 @@ AGGREGATE = 22
 
 MAX_CHUNK_STREAMS = 64  # real encoders use a handful (2-8)
 MAX_CHUNK_SIZE = 0x7FFFFFFF
+# A message's buffer is made whole at its first chunk up to this size (a 4K keyframe fits);
+# a larger one grows as its chunks come, so a 12-byte header cannot make the server hold more.
+PREALLOCATE_MAX = 1 << 20
 
 _U32 = struct.Struct(">I")
 _U32LE = struct.Struct("<I")
@@ -33,7 +36,7 @@ class Message(NamedTuple):
     type_id: int
     stream_id: int
     timestamp: int  # milliseconds, 32-bit
-    payload: bytes
+    payload: bytes | bytearray  # a bytearray when the message came in more than one chunk
     csid: int
 
 
@@ -45,7 +48,11 @@ class _ChunkStream:
     type_id: int = 0
     stream_id: int = 0
     extended: bool = False
-    parts: list[bytes] = field(default_factory=list)
+    # A message spanning chunks is written into one buffer of its announced length: no list
+    # of chunk copies joined at the end. The event loop then makes one block per video frame
+    # (the frame store keeps it for the keyframe group) instead of three, which is what
+    # fragmented the main heap over the endurance hour.
+    body: bytearray | None = None
     received: int = 0
     started: bool = False  # a header has been seen on this chunk stream
 
@@ -56,7 +63,9 @@ class ChunkReader:
         self.max_message_bytes = max_message_bytes
         self._streams: dict[int, _ChunkStream] = {}
         self._buf = bytearray()
-        self._partial = 0  # bytes of messages not yet complete, across chunk streams
+        # bytes held for messages not yet complete, across chunk streams: the size of each
+        # one's buffer (its announced length, up to PREALLOCATE_MAX; beyond, what came)
+        self._partial = 0
 
     @property
     def buffered(self) -> int:
@@ -67,6 +76,17 @@ class ChunkReader:
         buf = self._buf
         buf += data
         out: list[Message] = []
+        view = memoryview(buf)  # chunk bodies copied straight into their message's buffer
+        try:
+            pos = self._messages(buf, view, out)
+        finally:
+            view.release()  # before the buffer is resized, here or by the next feed
+        if pos:
+            del buf[:pos]
+        return out
+
+    def _messages(self, buf: bytearray, view: memoryview, out: list[Message]) -> int:
+        """Append the messages completed in ``buf`` to ``out``; return the bytes consumed."""
         pos = 0
         end = len(buf)
         while True:
@@ -141,27 +161,36 @@ class ChunkReader:
                 break
             cs.timestamp, cs.delta, cs.extended, cs.started = timestamp, delta, extended, True
             cs.length, cs.type_id, cs.stream_id = length, type_id, stream_id
-            if take:
-                self._partial += take
+            if take == length:  # the whole message in this chunk
+                payload: bytes | bytearray = bytes(view[pos : pos + take])
+            else:
+                body = cs.body
+                if body is None:
+                    body = cs.body = bytearray(length if length <= PREALLOCATE_MAX else 0)
+                    self._partial += len(body)
+                if len(body) < length:  # a message larger than PREALLOCATE_MAX
+                    body += view[pos : pos + take]
+                    self._partial += take
+                else:
+                    body[cs.received : cs.received + take] = view[pos : pos + take]
                 if self._partial > 2 * self.max_message_bytes:
                     raise RtmpProtocolError("too many unfinished messages buffered")
-                cs.parts.append(bytes(buf[pos : pos + take]))
                 cs.received += take
-                pos += take
-            if cs.received >= cs.length:
-                payload = b"".join(cs.parts) if len(cs.parts) != 1 else cs.parts[0]
-                self._partial -= cs.received
-                cs.parts = []
+                if cs.received < length:
+                    pos += take
+                    continue
+                payload = body
+                self._partial -= len(body)
+                cs.body = None
                 cs.received = 0
-                msg = Message(cs.type_id, cs.stream_id, cs.timestamp, payload, csid)
-                if msg.type_id == SET_CHUNK_SIZE:
-                    self._set_chunk_size(payload)
-                elif msg.type_id == ABORT and len(payload) >= 4:
-                    self._abort(_U32.unpack_from(payload)[0])
-                out.append(msg)
-        if pos:
-            del buf[:pos]
-        return out
+            pos += take
+            msg = Message(cs.type_id, cs.stream_id, cs.timestamp, payload, csid)
+            if msg.type_id == SET_CHUNK_SIZE:
+                self._set_chunk_size(payload)
+            elif msg.type_id == ABORT and len(payload) >= 4:
+                self._abort(_U32.unpack_from(payload)[0])
+            out.append(msg)
+        return pos
 
     def _set_chunk_size(self, payload: bytes) -> None:
         if len(payload) < 4:
@@ -173,9 +202,9 @@ class ChunkReader:
 
     def _abort(self, csid: int) -> None:
         cs = self._streams.get(csid)
-        if cs is not None:
-            self._partial -= cs.received
-            cs.parts = []
+        if cs is not None and cs.body is not None:
+            self._partial -= len(cs.body)
+            cs.body = None
             cs.received = 0
 
 
