@@ -188,6 +188,12 @@ HEAP_METRICS = {  # /metrics gauge -> sample key (MiB or count)
     "streamsnap_heap_free_bytes": "heap_free_mib",
     "streamsnap_python_allocated_blocks": "python_blocks",
 }
+TRIM_METRICS = {  # counters of the once-a-minute heap trim, and the scrape's own reads
+    "streamsnap_heap_trims_total": "trims",
+    "streamsnap_heap_trim_seconds_total": "trim_s",
+    "streamsnap_heap_trim_longest_seconds": "trim_longest_s",
+    "streamsnap_metrics_read_seconds": "metrics_read_s",
+}
 
 
 def heap_figures(client: LeanClient) -> dict[str, float]:
@@ -206,7 +212,21 @@ def heap_figures(client: LeanClient) -> dict[str, float]:
             out[HEAP_METRICS[name]] = (
                 round(figure / 2**20, 1) if name.endswith("_bytes") else figure
             )
+        elif name in TRIM_METRICS:
+            out[TRIM_METRICS[name]] = float(value)
     return out
+
+
+def trim_summary(samples: list[dict]) -> dict[str, float]:
+    last = next((s for s in reversed(samples) if "trims" in s), None)
+    if last is None:
+        return {}
+    return {
+        "trims": int(last["trims"]),
+        "trim_ms_mean": round(last["trim_s"] / last["trims"] * 1000, 2) if last["trims"] else 0.0,
+        "trim_longest_ms": round(last["trim_longest_s"] * 1000, 1),
+        "metrics_read_ms_max": round(max(s.get("metrics_read_s", 0.0) for s in samples) * 1000, 2),
+    }
 
 
 def plot(samples: list[dict], warmup_s: float, path: Path, title: str) -> None:
@@ -403,6 +423,14 @@ def main() -> int:
         - peak(after, "fds", warmup, warmup + window),
         "threads_growth": peak(after, "threads", duration - window, duration)
         - peak(after, "threads", warmup, warmup + window),
+        # the heap trims over the run: how many, their mean and longest (each holds the arena
+        # locks), and the slowest read a scrape made
+        **trim_summary(after),
+        "p99_by_window_ms": [
+            round(percentile(part, 99), 1)
+            for k in range(int(duration // window))
+            if (part := [ms for t, ms in times if k * window <= t - start < (k + 1) * window])
+        ],
         "p99_first_ms": round(percentile(first, 99), 1) if first else 0.0,
         "p99_last_ms": round(percentile(last_, 99), 1) if last_ else 0.0,
         "requests": len(load.results),
