@@ -170,6 +170,23 @@ def live_types(server: ServerProcess, look: Path) -> collections.Counter[str]:
     return collections.Counter(json.loads(types.read_text()))
 
 
+def machine_ticks() -> tuple[int, int, int]:
+    """The whole machine's CPU ticks since boot (``/proc/stat``): busy, stolen by the
+    hypervisor, and all, so the server's p99 can be read against what else ran."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle - fields[7], fields[7], sum(fields)
+
+
+def machine_share(before: tuple[int, int, int], after: tuple[int, int, int]) -> dict:
+    busy, steal, total = (b - a for a, b in zip(before, after, strict=True))
+    cores = os.cpu_count() or 1
+    return {
+        "machine_busy_pct": round(busy / max(total, 1) * 100 * cores, 1),  # of one core
+        "steal_pct": round(steal / max(total, 1) * 100 * cores, 1),
+    }
+
+
 def proc_status(pid: int) -> dict[str, int]:
     fields = {}
     with open(f"/proc/{pid}/status") as f:
@@ -333,6 +350,7 @@ def main() -> int:
             log(f"{len(names) + args.whip} streams up; running {args.minutes:g} min")
             t0 = time.monotonic()
             cpu0, last = cpu_seconds(server.proc.pid), t0
+            ticks0 = machine_ticks()
             metrics = LeanClient(server.http)
             seen = 0
             while (now := time.monotonic()) - t0 < duration:
@@ -344,6 +362,7 @@ def main() -> int:
                     break
                 now = time.monotonic()
                 cpu = cpu_seconds(server.proc.pid)
+                ticks = machine_ticks()
                 fresh = load.results[seen:]
                 seen += len(fresh)
                 ok = [ms for _, ms, good in fresh if good]
@@ -351,6 +370,7 @@ def main() -> int:
                     "t": round(now - t0, 1),
                     **proc_status(server.proc.pid),
                     "cpu_pct": round((cpu - cpu0) / (now - last) * 100, 1),
+                    **machine_share(ticks0, ticks),
                     "requests": len(fresh),
                     "errors": len(fresh) - len(ok),
                     "p50_ms": round(percentile(ok, 50), 1) if ok else 0.0,
@@ -359,7 +379,7 @@ def main() -> int:
                     **heap_figures(metrics),
                 }
                 samples.append(sample)
-                cpu0, last = cpu, now
+                cpu0, last, ticks0 = cpu, now, ticks
                 if args.types and not types and sample["t"] >= warmup:
                     types.append(live_types(server, look))
                 if len(samples) % 6 == 0:
@@ -437,6 +457,16 @@ def main() -> int:
         "errors": sum(1 for _, _, good in load.results if not good),
         "whip_sessions": sum(w.sessions for w in whips),
         "cpu_pct_mean": round(sum(s["cpu_pct"] for s in after) / len(after), 1),
+        # the machine's load and the hypervisor's steal, per window, beside the p99s
+        **{
+            f"{key}_by_window": [
+                round(level(after, key, k * window, (k + 1) * window), 1)
+                for k in range(int(duration // window))
+                if any(k * window <= s["t"] < (k + 1) * window for s in after)
+            ]
+            for key in ("machine_busy_pct", "steal_pct", "cpu_pct")
+            if any(key in s for s in after)
+        },
         "samples": samples,
     }
     p99_first = result["p99_first_ms"] or 1.0
