@@ -50,8 +50,8 @@ class _ChunkStream:
     extended: bool = False
     # A message spanning chunks is written into one buffer of its announced length: no list
     # of chunk copies joined at the end. The event loop then makes one block per video frame
-    # (the frame store keeps it for the keyframe group) instead of three, which is what
-    # fragmented the main heap over the endurance hour.
+    # (the frame store keeps it for the keyframe group) instead of three to five. (It did not
+    # stop the main heap's free space growing over the endurance hour: BENCHMARKS.md.)
     body: bytearray | None = None
     received: int = 0
     started: bool = False  # a header has been seen on this chunk stream
